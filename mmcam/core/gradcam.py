@@ -1,0 +1,282 @@
+"""The shared Grad-CAM engine: hook one layer, one forward pass, batched gradients, maps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .gradients import DEFAULT_CHUNK_SIZE, target_gradients
+from .guided import guided_relus
+from .hooks import capture_output, eval_mode, model_lock
+from .layers import LayerSpec, resolve_layer
+from .maps import normalize as normalize_maps
+from .maps import upsample as upsample_maps
+from .methods import get_method
+
+Inputs = Tensor | Sequence[Any] | Mapping[str, Any]
+Target = Callable[[Any], Tensor]
+Reshape = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class GradientRecord:
+    """Everything one forward pass and its batched backward passes produced (all detached).
+
+    activations: (N, C, h, w) hooked layer output (after the reshape transform);
+    gradients: (N, T, C, h, w), d score_t / d activations for each target t;
+    scores: (N, T) target scalars y^c; output: the model's output;
+    input_gradients: (N, T, C_in, H, W) Guided Backprop gradients w.r.t. the image, or None;
+    input_size: (H, W) of the image tensor the model saw.
+    """
+
+    activations: Tensor
+    gradients: Tensor
+    scores: Tensor
+    output: Any
+    input_gradients: Tensor | None
+    input_size: tuple[int, int]
+
+
+class GradCAM:
+    """Grad-CAM and its siblings on one layer of any ``nn.Module``.
+
+    >>> with GradCAM(model, layer="layer4") as cam:
+    ...     maps = cam(images, [ClassTarget(281), ClassTarget(285)])   # (N, 2, H, W)
+
+    The layer is a module, a dotted name or ``None`` (the last convolutional stage). Targets are
+    callables mapping the model's output to one scalar per sample, shape (N,). All targets share
+    one forward pass; their gradients go to the hooked activations only. The hook exists only
+    while a call runs and is removed on every path; modes, ``requires_grad``, ``.grad`` and hooks
+    of the model are left as they were. Calls on the same model are serialised by a lock, so
+    threads may share a model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec = None,
+        *,
+        method: str = "gradcam",
+        reshape: Reshape | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        image_arg: int | str | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        self.model = model
+        self.layer_name, self.layer = resolve_layer(model, layer)
+        get_method(method)
+        self.method = method
+        self.reshape = reshape
+        self.chunk_size = chunk_size
+        self.image_arg = image_arg
+        self.eval_mode = eval_mode
+
+    def __enter__(self) -> GradCAM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def __call__(self, inputs: Inputs, targets: Sequence[Target], **options: Any) -> Tensor:
+        return self.cam(inputs, targets, **options)
+
+    def cam(
+        self,
+        inputs: Inputs,
+        targets: Sequence[Target],
+        *,
+        upsample: bool = True,
+        normalize: bool = True,
+        size: tuple[int, int] | None = None,
+        counterfactual: bool = False,
+        method: str | None = None,
+    ) -> Tensor:
+        """Maps (N, T, H, W): one per input and target; (N, T, h, w) with ``upsample=False``.
+
+        ``upsample`` resizes bilinearly to ``size`` (default: the image tensor's size),
+        ``normalize`` scales each map to [0, 1], ``counterfactual`` negates the gradients.
+        """
+        record = self.gradients(inputs, targets)
+        return self.maps(
+            record,
+            method=method,
+            counterfactual=counterfactual,
+            upsample=upsample,
+            normalize=normalize,
+            size=size,
+        )
+
+    def maps(
+        self,
+        record: GradientRecord,
+        *,
+        method: str | None = None,
+        counterfactual: bool = False,
+        upsample: bool = True,
+        normalize: bool = True,
+        size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Maps (N, T, H, W) of ``method`` from an existing record: other methods cost no pass."""
+        gradients = -record.gradients if counterfactual else record.gradients
+        maps = get_method(method or self.method)(record.activations, gradients)
+        if upsample:
+            maps = upsample_maps(maps, size or record.input_size)
+        if normalize:
+            maps = normalize_maps(maps)
+        return maps
+
+    def gradients(
+        self, inputs: Inputs, targets: Sequence[Target], *, guided: bool = False
+    ) -> GradientRecord:
+        """One forward pass and the batched backward passes of all ``targets``.
+
+        With ``guided=True`` the forward runs under :func:`guided_relus` and the record also holds
+        Guided Backprop's gradients with respect to the image tensor.
+        """
+        targets = list(targets)
+        if not targets:
+            raise ValueError("no targets given; pass at least one target callable")
+        with ExitStack() as stack:
+            stack.enter_context(model_lock(self.model))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(eval_mode(self.model, self.eval_mode))
+            captured = stack.enter_context(capture_output(self.layer))
+            image_key, image = _find_image(inputs, self.image_arg)
+            if guided:
+                image = image.detach().clone().requires_grad_(True)
+                inputs = _replace(inputs, image_key, image)
+                switch = stack.enter_context(guided_relus())
+            output = _call(self.model, inputs)
+            if captured.activation is None:
+                raise RuntimeError(
+                    f"layer {self.layer_name!r} did not run during the forward pass; "
+                    "choose a layer on the path from the image to the output"
+                )
+            scores = _stack_scores(output, targets, batch=image.shape[0])
+            raw_activation = captured.activation
+            if guided:
+                switch.guided = False
+            (activation_gradients,) = target_gradients(
+                scores, [raw_activation], chunk_size=self.chunk_size, retain_graph=guided
+            )
+            input_gradients = None
+            if guided:
+                switch.guided = True
+                (input_gradients,) = target_gradients(scores, [image], chunk_size=self.chunk_size)
+        activations, gradients = raw_activation.detach(), activation_gradients
+        if self.reshape is not None:
+            activations = self.reshape(activations)
+            count, targets_count = gradients.shape[:2]
+            flat = gradients.reshape(count * targets_count, *gradients.shape[2:])
+            reshaped = self.reshape(flat)
+            gradients = reshaped.reshape(count, targets_count, *reshaped.shape[1:])
+        if activations.dim() != 4:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives activations of shape {tuple(activations.shape)}; "
+                "a (N, C, h, w) grid is needed: pass reshape=TokenGrid(...) for token layouts"
+            )
+        return GradientRecord(
+            activations=activations,
+            gradients=gradients,
+            scores=scores.detach(),
+            output=_detach(output),
+            input_gradients=input_gradients,
+            input_size=(int(image.shape[-2]), int(image.shape[-1])),
+        )
+
+
+def guided_gradcam(
+    model: nn.Module,
+    inputs: Inputs,
+    targets: Sequence[Target],
+    layer: LayerSpec = None,
+    **options: Any,
+) -> Tensor:
+    """Guided Grad-CAM (Selvaraju et al., sec. 3.1): Guided Backprop (N, T, C, H, W) times the
+    upsampled Grad-CAM map (N, T, 1, H, W), from one forward pass. ``options`` go to
+    :class:`GradCAM` (``method``, ``reshape``, ``image_arg``, ...)."""
+    with GradCAM(model, layer, **options) as cam:
+        record = cam.gradients(inputs, targets, guided=True)
+        maps = cam.maps(record)
+    assert record.input_gradients is not None
+    return record.input_gradients * maps.unsqueeze(2)
+
+
+def _call(model: nn.Module, inputs: Inputs) -> Any:
+    if isinstance(inputs, Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, Sequence) and not isinstance(inputs, str):
+        return model(*inputs)
+    raise TypeError(
+        f"inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
+        f"arguments, not {type(inputs).__name__}"
+    )
+
+
+def _find_image(inputs: Inputs, image_arg: int | str | None) -> tuple[int | str | None, Tensor]:
+    """The image tensor among the model's inputs: the tensor itself, ``image_arg``, the
+    ``pixel_values`` keyword, or the first floating-point tensor with 4 dimensions."""
+    if isinstance(inputs, Tensor):
+        return None, inputs
+    if image_arg is not None:
+        return image_arg, inputs[image_arg]  # type: ignore[index]
+    items = inputs.items() if isinstance(inputs, Mapping) else enumerate(inputs)
+    candidates = [(key, value) for key, value in items if _is_image(value)]
+    if isinstance(inputs, Mapping) and _is_image(inputs.get("pixel_values")):
+        return "pixel_values", inputs["pixel_values"]
+    if not candidates:
+        raise ValueError("no image tensor (floating point, (N, C, H, W)) found among the inputs")
+    return candidates[0]
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.is_floating_point() and value.dim() == 4
+
+
+def _replace(inputs: Inputs, key: int | str | None, value: Tensor) -> Inputs:
+    if key is None:
+        return value
+    if isinstance(inputs, Mapping):
+        return {**inputs, key: value}
+    replaced = list(inputs)
+    replaced[key] = value  # type: ignore[index]
+    return tuple(replaced)
+
+
+def _stack_scores(output: Any, targets: Sequence[Target], batch: int) -> Tensor:
+    """(N, T) scores, one column per target, each checked to be one scalar per sample."""
+    columns = []
+    for index, target in enumerate(targets):
+        score = target(output)
+        if not isinstance(score, Tensor):
+            raise TypeError(f"target {index} returned {type(score).__name__}, not a tensor")
+        if score.dim() == 0 and batch == 1:
+            score = score.reshape(1)
+        if score.shape != (batch,):
+            raise ValueError(
+                f"target {index} returned shape {tuple(score.shape)}; a target must return one "
+                f"scalar per sample, shape ({batch},)"
+            )
+        if not torch.isfinite(score).all():
+            raise ValueError(f"target {index} gave a non-finite score: {score.tolist()}")
+        columns.append(score)
+    return torch.stack(columns, dim=1)
+
+
+def _detach(output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, tuple) and not hasattr(output, "_fields"):
+        return tuple(_detach(item) for item in output)
+    if isinstance(output, list):
+        return [_detach(item) for item in output]
+    return output

@@ -1,0 +1,67 @@
+"""Gradients of many target scalars with respect to a few tensors, from one graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+DEFAULT_CHUNK_SIZE = 32
+
+
+def target_gradients(
+    scores: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    retain_graph: bool = False,
+) -> list[Tensor]:
+    """Gradients of every target column of ``scores`` (N, T) with respect to each of ``inputs``.
+
+    Returns one tensor (N, T, *input.shape[1:]) per input. Samples are independent, so the
+    gradient of column t summed over the batch gives every sample's own gradient. The T backward
+    passes run batched (``is_grads_batched``) in chunks of ``chunk_size``; only ``inputs`` receive
+    gradients, never the model's parameters. A target that does not depend on an input gets zeros.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must have shape (N, T), got {tuple(scores.shape)}")
+    if not scores.requires_grad:
+        raise ValueError("the targets' scores do not depend on the hooked layer (no gradient path)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    count = scores.shape[1]
+    one_hot = torch.eye(count, dtype=scores.dtype, device=scores.device)
+    chunks: list[list[Tensor]] = []
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        keep_graph = retain_graph or stop < count
+        grad_outputs = one_hot[start:stop, None, :].expand(stop - start, *scores.shape)
+        chunks.append(_batched_grad(scores, inputs, grad_outputs, keep_graph))
+    return [torch.cat(per_input, dim=0).transpose(0, 1) for per_input in zip(*chunks, strict=True)]
+
+
+def _batched_grad(
+    scores: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, retain_graph: bool
+) -> list[Tensor]:
+    """(k, *input.shape) gradients for k one-hot ``grad_outputs`` (k, N, T)."""
+    if grad_outputs.shape[0] == 1:
+        grads = torch.autograd.grad(
+            scores, inputs, grad_outputs[0], retain_graph=retain_graph, allow_unused=True
+        )
+        grads = tuple(None if grad is None else grad.unsqueeze(0) for grad in grads)
+    else:
+        grads = torch.autograd.grad(
+            scores,
+            inputs,
+            grad_outputs,
+            retain_graph=retain_graph,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+    return [
+        torch.zeros(grad_outputs.shape[0], *tensor.shape, dtype=tensor.dtype, device=tensor.device)
+        if grad is None
+        else grad
+        for grad, tensor in zip(grads, inputs, strict=True)
+    ]
