@@ -54,3 +54,16 @@ class ContrastTarget:
     def __call__(self, output: Any) -> Tensor:
         logits = _logits(output)
         return _per_sample(self.index, logits) - _per_sample(self.other, logits)
+
+
+@dataclass(frozen=True)
+class TopClassTarget:
+    """The logit of each sample's ``rank``-th most likely class (0: the prediction), chosen from
+    the same forward pass that is explained."""
+
+    rank: int = 0
+
+    def __call__(self, output: Any) -> Tensor:
+        logits = _logits(output)
+        chosen = logits.detach().topk(self.rank + 1, dim=1).indices[:, self.rank]
+        return logits.gather(1, chosen[:, None]).squeeze(1)

@@ -1,0 +1,109 @@
+"""Explanation results: maps at the original image size, what they explain, save and plot."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ._files import write_atomic
+from .core.localize import localization_box, peak_xy
+from .io import LoadedImage
+from .viz.figure import strip_figure
+from .viz.overlay import guided_image, overlay, save_png
+
+
+@dataclass
+class Explanation:
+    """Heatmaps for T targets of one image (a class, a caption word, a VQA answer each).
+
+    heatmaps: (T, H, W) float32 in [0, 1] at the ORIGINAL image size; guided: (T, H, W, 3)
+    Guided Grad-CAM or None; counterfactual: (T, H, W) or None; attention: (T, H, W) the model's
+    own attention per target, when it has one. ``labels[t]`` names target t, ``indices[t]`` is
+    its class index, word position or answer index, ``scores[t]`` its y^c. ``info`` holds what
+    is specific to the task (predictions, caption, question word attributions, ...).
+    """
+
+    kind: str
+    image: LoadedImage
+    model: str
+    layer: str
+    method: str
+    labels: list[str]
+    indices: list[int]
+    scores: np.ndarray
+    heatmaps: np.ndarray
+    guided: np.ndarray | None = None
+    counterfactual: np.ndarray | None = None
+    attention: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        count = len(self.labels)
+        if self.heatmaps.shape != (count, *self.image.size):
+            raise ValueError(
+                f"heatmaps {self.heatmaps.shape} do not match {count} targets at image size "
+                f"{self.image.size}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def peak_xy(self, target: int) -> tuple[int, int]:
+        """(x, y) of the maximum of map ``target`` in original-image pixels."""
+        return peak_xy(self.heatmaps[target])
+
+    def bbox(self, target: int) -> tuple[int, int, int, int] | None:
+        """The paper's localization box (15% of max, largest segment) of map ``target``."""
+        return localization_box(self.heatmaps[target])
+
+    def figure(self, titles: list[str] | None = None) -> Figure:
+        """A strip: the image and one overlay per target, titled with the label and score."""
+        titles = titles or [f"{label}\n{score:.3g}" for label, score in zip(self.labels, self.scores)]
+        return strip_figure(self.image.pixels, self.heatmaps, titles, suptitle=self.info.get("title"))
+
+    def plot(self, titles: list[str] | None = None) -> Figure:
+        """Alias of :meth:`figure`, for notebooks."""
+        return self.figure(titles)
+
+    def save(self, directory: str | os.PathLike, stem: str) -> list[dict[str, str]]:
+        """Write, per target, the map (.npy float32, original size), an overlay PNG and (when
+        computed) a Guided Grad-CAM PNG, plus a strip figure; every file is written atomically.
+        Returns the paths written, one dict per target."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written: list[dict[str, str]] = []
+        for target, label in enumerate(self.labels):
+            base = directory / f"{stem}_{target:02d}_{_slug(label)}"
+            paths = {"heatmap": str(_save_npy(base.with_suffix(".npy"), self.heatmaps[target]))}
+            overlay_path = Path(f"{base}_overlay.png")
+            paths["overlay"] = str(save_png(overlay_path, overlay(self.image.pixels, self.heatmaps[target])))
+            if self.guided is not None:
+                guided_path = Path(f"{base}_guided.png")
+                paths["guided"] = str(save_png(guided_path, guided_image(self.guided[target])))
+            written.append(paths)
+        self.save_figure(directory / f"{stem}_strip.png")
+        return written
+
+    def save_figure(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`figure` as a PNG, atomically."""
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=100)
+        return write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    return write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return slug[:40] or "target"
