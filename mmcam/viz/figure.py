@@ -23,7 +23,8 @@ def strip_figure(
     count = len(heatmaps) + 1
     columns = min(count, 8)
     rows = -(-count // columns)
-    figure = Figure(figsize=(panel_size * columns, panel_size * rows * 1.15))
+    aspect = pixels.shape[0] / pixels.shape[1]
+    figure = Figure(figsize=(panel_size * columns, (panel_size * aspect + 0.45) * rows))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     axes[0].imshow(pixels)
     axes[0].set_title("image", fontsize=9)

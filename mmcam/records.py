@@ -1,0 +1,44 @@
+"""The JSON records the CLI prints: public contracts, one builder per task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .explanation import Explanation
+
+
+def _place(explanation: Explanation, target: int, heatmap: str | None) -> dict[str, Any]:
+    box = explanation.bbox(target)
+    return {
+        "peak_xy": list(explanation.peak_xy(target)),
+        "bbox": list(box) if box is not None else None,
+        "heatmap": heatmap,
+    }
+
+
+def _heatmap_paths(explanation: Explanation, written: Sequence[dict[str, str]] | None) -> list[str | None]:
+    return [paths["heatmap"] for paths in written] if written else [None] * len(explanation)
+
+
+def classify_record(explanation: Explanation, image: str, written: Sequence[dict[str, str]] | None) -> dict[str, Any]:
+    """``mmcam classify --json``: image, model, layer, method, top-5 predictions, explanations."""
+    heatmaps = _heatmap_paths(explanation, written)
+    return {
+        "image": image,
+        "model": explanation.model,
+        "layer": explanation.layer,
+        "method": explanation.method,
+        "predictions": explanation.info["predictions"],
+        "explanations": [
+            {
+                "target": label,
+                "index": int(index),
+                "score": float(score),
+                **_place(explanation, t, heatmaps[t]),
+            }
+            for t, (label, index, score) in enumerate(
+                zip(explanation.labels, explanation.indices, explanation.scores, strict=True)
+            )
+        ],
+    }

@@ -1,0 +1,28 @@
+"""Loaders for the models that ship with mmcam (weights inside the installed packages)."""
+
+from __future__ import annotations
+
+from .registry import shipped
+
+
+@shipped("efficientnet_lite0")
+def _efficientnet_lite0(layer: str | None = None):
+    from models.efficientnet_lite0 import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        INPUT_SIZE,
+        imagenet_labels,
+        load_efficientnet_lite0,
+    )
+
+    from .adapters.classifier import ClassifierAdapter
+
+    return ClassifierAdapter(
+        load_efficientnet_lite0(),
+        "efficientnet_lite0",
+        imagenet_labels(),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        input_size=INPUT_SIZE,
+        layer=layer or "bn2",
+    )
