@@ -1,6 +1,8 @@
 """mmcam: Grad-CAM for image captioning and visual question answering, word by word."""
 
+from . import demo
 from .core import GradCAM, TokenGrid, guided_gradcam, localization_box
+from .registry import available_models, load
 from .targets import ClassTarget, ContrastTarget
 
 __all__ = [
@@ -9,6 +11,9 @@ __all__ = [
     "GradCAM",
     "TokenGrid",
     "guided_gradcam",
+    "available_models",
+    "demo",
+    "load",
     "localization_box",
 ]
 __version__ = "0.1.0"

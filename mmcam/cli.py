@@ -119,11 +119,11 @@ def _run_classify(args: argparse.Namespace) -> int:
     from .records import classify_record
     from .registry import load
 
+    images = load_images(args.images)
     adapter = load(args.model, weights=args.weights, layer=args.layer)
     if getattr(adapter, "kind", None) != "classify":
         raise InputError(f"model {args.model!r} is not a classifier; use 'mmcam {adapter.kind}'")
     targets = [adapter.class_index(target) for target in args.target] if args.target else None
-    images = load_images(args.images)
     out = prepare_out(args.out)
     stems = unique_stems(args.images)
     for start in range(0, len(images), BATCH_SIZE):

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
+__all__ = ["ImageLike", "InputError", "LoadedImage", "load_image", "to_tensor"]
+
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
-
-
-class InputError(ValueError):
-    """Bad user input (image, text or option); the message is one line meant for people."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import difflib
 
 from torch import nn
 
+from ..errors import InputError
+
 LayerSpec = nn.Module | str | None
 
 
@@ -26,7 +28,7 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     for part in layer.split("."):
         child = _child(module, part)
         if child is None:
-            raise ValueError(_unknown_layer_message(model, layer))
+            raise InputError(_unknown_layer_message(model, layer))
         module = child
     return layer, module
 

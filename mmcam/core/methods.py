@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 CamMethod = Callable[[Tensor, Tensor], Tensor]
 
 _EPS = 1e-7
@@ -75,4 +77,4 @@ def get_method(name: str) -> CamMethod:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}") from None
+        raise InputError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}") from None
