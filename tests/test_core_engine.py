@@ -195,3 +195,13 @@ def test_token_grid_matches_the_equivalent_conv_layout() -> None:
     with pytest.raises(ValueError, match="token layouts"):
         with GradCAM(Tokens(), "encoder") as cam:
             cam(image, [ClassTarget(1)])
+
+
+def test_graph_from_layer_gives_the_same_maps_as_the_full_graph(tiny_cnn, images) -> None:
+    targets = [ClassTarget(0), ClassTarget(3)]
+    with GradCAM(tiny_cnn, "relu2") as pruned, GradCAM(tiny_cnn, "relu2", graph_from_layer=False) as full:
+        torch.testing.assert_close(pruned.gradients(images, targets).gradients, full.gradients(images, targets).gradients)
+    assert torch.is_grad_enabled()
+    with torch.no_grad(), GradCAM(tiny_cnn, "relu2") as cam:
+        cam(images, targets)
+        assert not torch.is_grad_enabled()

@@ -54,6 +54,11 @@ class GradCAM:
     while a call runs and is removed on every path; modes, ``requires_grad``, ``.grad`` and hooks
     of the model are left as they were. Calls on the same model are serialised by a lock, so
     threads may share a model.
+
+    With ``graph_from_layer`` (the default) the layers before the hooked one run without
+    autograd bookkeeping, since no gradient is needed there; Guided Backprop, which needs the
+    gradient at the image, records the whole graph. Set it to False when a target or a caller
+    needs gradients of earlier tensors (e.g. word embeddings) from the same pass.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class GradCAM:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         image_arg: int | str | None = None,
         eval_mode: bool = True,
+        graph_from_layer: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -77,6 +83,7 @@ class GradCAM:
         self.chunk_size = chunk_size
         self.image_arg = image_arg
         self.eval_mode = eval_mode
+        self.graph_from_layer = graph_from_layer
 
     def __enter__(self) -> GradCAM:
         return self
@@ -145,9 +152,10 @@ class GradCAM:
             raise ValueError("no targets given; pass at least one target callable")
         with ExitStack() as stack:
             stack.enter_context(model_lock(self.model))
-            stack.enter_context(torch.enable_grad())
+            prune = self.graph_from_layer and not guided
+            stack.enter_context(torch.no_grad() if prune else torch.enable_grad())
             stack.enter_context(eval_mode(self.model, self.eval_mode))
-            captured = stack.enter_context(capture_output(self.layer))
+            captured = stack.enter_context(capture_output(self.layer, enable_grad_after=prune))
             image_key, image = _find_image(inputs, self.image_arg)
             if guided:
                 image = image.detach().clone().requires_grad_(True)

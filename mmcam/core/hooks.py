@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -33,12 +34,15 @@ class Capture:
 
 
 @contextmanager
-def capture_output(module: nn.Module) -> Iterator[Capture]:
+def capture_output(module: nn.Module, *, enable_grad_after: bool = False) -> Iterator[Capture]:
     """Record ``module``'s output (its first element for tuple outputs) during the block.
 
     The recorded tensor always requires grad (a frozen encoder gets a fresh leaf), and the model
     continues with a clone of it, so in-place operations after the layer cannot alter the
-    activations that gradients are taken with respect to. The hook is removed on every path.
+    activations that gradients are taken with respect to. With ``enable_grad_after`` the hook
+    switches autograd on for the rest of the forward pass: a forward started under
+    ``torch.no_grad()`` then records a graph only from the layer to the output, which is all that
+    gradients with respect to the layer need. The hook is removed on every path.
     """
     captured = Capture()
 
@@ -49,6 +53,8 @@ def capture_output(module: nn.Module) -> Iterator[Capture]:
                 f"the hooked layer returned {type(tensor).__name__}, not a tensor; hook a layer "
                 "whose output (or first output) is a tensor"
             )
+        if enable_grad_after:
+            torch.set_grad_enabled(True)
         if not tensor.requires_grad:
             tensor = tensor.detach().requires_grad_(True)
         captured.activation = tensor
