@@ -67,3 +67,67 @@ class TopClassTarget:
         logits = _logits(output)
         chosen = logits.detach().topk(self.rank + 1, dim=1).indices[:, self.rank]
         return logits.gather(1, chosen[:, None]).squeeze(1)
+
+
+@dataclass
+class CaptionScores:
+    """Teacher-forced scores of a caption, aligned with its tokens.
+
+    logits: (N, L, V), row t scores token t of the caption given the image and tokens < t;
+    attention: (N, L, h, w), the model's own attention at each step, or None.
+    """
+
+    logits: Tensor
+    attention: Tensor | None = None
+    _logprobs: Tensor | None = None
+
+    @property
+    def logprobs(self) -> Tensor:
+        """log_softmax of the logits, computed once for all targets."""
+        if self._logprobs is None:
+            self._logprobs = torch.log_softmax(self.logits, dim=-1)
+        return self._logprobs
+
+
+def _token_scores(table: Tensor, positions: Sequence[int], token_ids: Sequence[int]) -> Tensor:
+    """Sum over a word's pieces of table[:, position, token_id] -> (N,)."""
+    rows = torch.as_tensor(list(positions), device=table.device)
+    columns = torch.as_tensor(list(token_ids), device=table.device)
+    return table[:, rows, columns].sum(dim=1)
+
+
+@dataclass(frozen=True)
+class WordTarget:
+    """y = log p(w_t | w_<t, image) of one caption word, by teacher forcing; a word made of
+    several tokens sums its pieces' log-probs (all positions of a caption: the whole caption's
+    log-prob). ``score="logit"`` takes the pre-softmax logits instead."""
+
+    positions: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    score: str = "logprob"
+
+    def __call__(self, output: CaptionScores) -> Tensor:
+        table = output.logits if self.score == "logit" else output.logprobs
+        return _token_scores(table, self.positions, self.token_ids)
+
+
+@dataclass(frozen=True)
+class WordContrastTarget:
+    """Why this word and not another: log p(w) - log p(w') at the word's first token.
+
+    ``other_id=None`` contrasts with the model's most likely other token at that step, chosen
+    from the same forward pass."""
+
+    position: int
+    token_id: int
+    other_id: int | None = None
+
+    def __call__(self, output: CaptionScores) -> Tensor:
+        step = output.logprobs[:, self.position]
+        other = self.other_id
+        if other is None:
+            ranked = step.detach().topk(2, dim=1).indices
+            alternatives = torch.where(ranked[:, 0] == self.token_id, ranked[:, 1], ranked[:, 0])
+            return step[:, self.token_id] - step.gather(1, alternatives[:, None]).squeeze(1)
+        return step[:, self.token_id] - step[:, other]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class GradCAM:
     autograd bookkeeping, since no gradient is needed there; Guided Backprop, which needs the
     gradient at the image, records the whole graph. Set it to False when a target or a caller
     needs gradients of earlier tensors (e.g. word embeddings) from the same pass.
+
+    ``forward`` (optional) is called with the inputs instead of ``model`` itself, for models
+    whose scores come from a function around the module that holds the layer (a captioner's
+    teacher-forced log-probabilities, a VQA model's answer logits).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class GradCAM:
         image_arg: int | str | None = None,
         eval_mode: bool = True,
         graph_from_layer: bool = True,
+        forward: Callable[..., Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -84,6 +90,7 @@ class GradCAM:
         self.image_arg = image_arg
         self.eval_mode = eval_mode
         self.graph_from_layer = graph_from_layer
+        self.forward = forward
 
     def __enter__(self) -> GradCAM:
         return self
@@ -161,7 +168,7 @@ class GradCAM:
                 image = image.detach().clone().requires_grad_(True)
                 inputs = _replace(inputs, image_key, image)
                 switch = stack.enter_context(guided_relus())
-            output = _call(self.model, inputs)
+            output = _call(self.forward or self.model, inputs)
             if captured.activation is None:
                 raise RuntimeError(
                     f"layer {self.layer_name!r} did not run during the forward pass; "
@@ -217,7 +224,7 @@ def guided_gradcam(
     return record.input_gradients * maps.unsqueeze(2)
 
 
-def _call(model: nn.Module, inputs: Inputs) -> Any:
+def _call(model: Callable[..., Any], inputs: Inputs) -> Any:
     if isinstance(inputs, Tensor):
         return model(inputs)
     if isinstance(inputs, Mapping):
@@ -283,6 +290,9 @@ def _stack_scores(output: Any, targets: Sequence[Target], batch: int) -> Tensor:
 def _detach(output: Any) -> Any:
     if isinstance(output, Tensor):
         return output.detach()
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        fields = {field.name: _detach(getattr(output, field.name)) for field in dataclasses.fields(output) if field.init}
+        return dataclasses.replace(output, **fields)
     if isinstance(output, tuple) and not hasattr(output, "_fields"):
         return tuple(_detach(item) for item in output)
     if isinstance(output, list):

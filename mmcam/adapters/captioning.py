@@ -1,0 +1,215 @@
+"""Captioners: one heatmap per caption word, y_t = log p(w_t | w_<t, image).
+
+Any captioner can be explained by wrapping it in a :class:`CaptionScorer`: a few methods that
+say how to preprocess an image, how words become token ids, how to generate, and how to score a
+caption by teacher forcing. :class:`CaptionAdapter` does the rest with the shared core: all
+words of a caption from ONE forward pass and one batched backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core import GradCAM
+from ..core.maps import normalize, upsample
+from ..errors import InputError
+from ..explanation import Explanation
+from ..io import ImageLike, load_image
+from ..targets import CaptionScores, WordContrastTarget, WordTarget
+from ._maps import guided_at_original_size, maps_at_original_size
+
+SCORES = ("logprob", "logit")
+
+
+@dataclass(frozen=True)
+class CaptionTokens:
+    """A caption as the model sees it: token ids (L,), and per word its text and the token
+    positions it spans (one position per word for word-level vocabularies)."""
+
+    ids: tuple[int, ...]
+    words: tuple[str, ...]
+    spans: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def one_token_per_word(cls, words: Sequence[str], ids: Sequence[int]) -> CaptionTokens:
+        return cls(tuple(ids), tuple(words), tuple((position,) for position in range(len(ids))))
+
+
+@runtime_checkable
+class CaptionScorer(Protocol):
+    """What mmcam needs from a captioner (implement it to explain your own model).
+
+    ``model`` is the module that holds ``layer`` (the vision encoder's last convolutional layer,
+    a dotted name); ``reshape`` is ``None`` for (N, C, h, w) layers or a
+    :class:`~mmcam.TokenGrid` for token layouts.
+    """
+
+    name: str
+    model: nn.Module
+    layer: str
+    reshape: object | None
+
+    def preprocess(self, pixels: np.ndarray) -> Tensor:
+        """RGB uint8 (H, W, 3) -> the model's image tensor (C, h, w)."""
+
+    def tokenize(self, caption: str) -> CaptionTokens:
+        """Words and token ids of a caption; :class:`~mmcam.errors.InputError` for words the
+        model cannot read."""
+
+    def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
+        """The model's caption of one image (1, C, h, w)."""
+
+    def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
+        """Teacher-forced scores of captions ``ids`` (N, L): row t of the logits scores token t
+        given the image and tokens < t (the adapter's offsets and special tokens are handled
+        here, not by mmcam)."""
+
+
+@dataclass
+class CaptionAdapter:
+    """Explains a :class:`CaptionScorer` word by word."""
+
+    scorer: CaptionScorer
+    default_method: str = "gradcam"
+    kind: str = "caption"
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name
+
+    @property
+    def layer_name(self) -> str:
+        return self._cam(self.default_method).layer_name
+
+    def _cam(self, method: str) -> GradCAM:
+        return GradCAM(
+            self.scorer.model,
+            self.scorer.layer,
+            method=method,
+            reshape=self.scorer.reshape,
+            forward=self.scorer.score,
+        )
+
+    def caption_tokens(self, image: ImageLike, caption: str | None = None, beam_size: int = 1) -> CaptionTokens:
+        """The caption to explain: tokenized from ``caption``, or generated (greedy, or beam
+        search with ``beam_size`` > 1)."""
+        if caption is None:
+            loaded = load_image(image)
+            images = self.scorer.preprocess(loaded.pixels)[None]
+            return self.scorer.generate(images, beam_size)
+        if not caption.strip():
+            raise InputError("the caption is empty; give some words, or leave it out to generate one")
+        return self.scorer.tokenize(caption)
+
+    def explain(
+        self,
+        image: ImageLike,
+        caption: str | None = None,
+        *,
+        words: Sequence[int | str] | None = None,
+        method: str | None = None,
+        beam_size: int = 1,
+        score: str = "logprob",
+        whole_caption: bool = False,
+        guided: bool = True,
+        counterfactual: bool = True,
+        contrast: bool = True,
+    ) -> Explanation:
+        """Heatmaps for every word of ``caption`` (generated when None) from one forward pass.
+
+        ``words`` picks a subset (positions or words); ``score`` is ``"logprob"`` (default) or
+        ``"logit"``; ``whole_caption`` adds a map for the sum of the words' log-probs. The
+        explanation also holds Guided Grad-CAM, counterfactual maps, contrastive maps against
+        each step's runner-up word (``info["contrast"]``) and the model's attention, when it has
+        one.
+        """
+        if score not in SCORES:
+            raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
+        method = method or self.default_method
+        loaded = load_image(image)
+        images = self.scorer.preprocess(loaded.pixels)[None]
+        tokens = self.caption_tokens(loaded, caption, beam_size)
+        if not tokens.words:
+            raise InputError("the caption has no words to explain")
+        chosen = _select_words(tokens, words)
+        targets = [WordTarget(tokens.spans[w], tuple(tokens.ids[p] for p in tokens.spans[w]), score) for w in chosen]
+        labels = [tokens.words[w] for w in chosen]
+        if whole_caption:
+            targets.append(WordTarget(tuple(range(len(tokens.ids))), tokens.ids, "logprob"))
+            labels.append("<caption>")
+        word_count = len(targets)
+        if contrast:
+            targets += [WordContrastTarget(tokens.spans[w][0], tokens.ids[tokens.spans[w][0]]) for w in chosen]
+        cam = self._cam(method)
+        ids = torch.tensor([tokens.ids], dtype=torch.long)
+        record = cam.gradients((images, ids), targets, guided=guided)
+        size = [loaded.size]
+        all_maps = maps_at_original_size(cam, record, size)[0]
+        heatmaps = all_maps[:word_count]
+        counter = maps_at_original_size(cam, record, size, counterfactual=True)[0][:word_count] if counterfactual else None
+        guided_maps = None
+        if guided:
+            guided_maps = guided_at_original_size(record, [all_maps])[0][:word_count]
+        output: CaptionScores = record.output
+        logprobs = [
+            float(output.logprobs[0, list(tokens.spans[w]), [tokens.ids[p] for p in tokens.spans[w]]].sum())
+            for w in chosen
+        ]
+        if whole_caption:
+            logprobs.append(float(output.logprobs[0, range(len(tokens.ids)), list(tokens.ids)].sum()))
+        info = {
+            "caption": " ".join(tokens.words),
+            "logprobs": logprobs,
+            "score": score,
+            "title": " ".join(tokens.words),
+        }
+        if contrast:
+            info["contrast"] = all_maps[word_count:]
+            info["contrast_scores"] = record.scores[0, word_count:].numpy()
+        attention = _attention_maps(output, tokens, chosen, loaded.size)
+        return Explanation(
+            kind=self.kind,
+            image=loaded,
+            model=self.name,
+            layer=cam.layer_name,
+            method=method,
+            labels=labels,
+            indices=[*chosen, *([-1] if whole_caption else [])],
+            scores=record.scores[0, :word_count].numpy(),
+            heatmaps=heatmaps,
+            guided=guided_maps,
+            counterfactual=counter,
+            attention=None if attention is None or whole_caption else attention,
+            info=info,
+        )
+
+
+def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> list[int]:
+    if not words:
+        return list(range(len(tokens.words)))
+    chosen = []
+    for word in words:
+        if isinstance(word, (int, np.integer)) or str(word).lstrip("-").isdigit():
+            position = int(word)
+            if not 0 <= position < len(tokens.words):
+                raise InputError(f"word position {position} is outside the caption's {len(tokens.words)} words")
+            chosen.append(position)
+        elif word.lower() in tokens.words:
+            chosen.append(tokens.words.index(word.lower()))
+        else:
+            raise InputError(f"word {word!r} is not in the caption {' '.join(tokens.words)!r}")
+    return chosen
+
+
+def _attention_maps(output: CaptionScores, tokens: CaptionTokens, chosen: Sequence[int], size) -> np.ndarray | None:
+    """The model's attention at each chosen word's first token, at the original size."""
+    if output.attention is None:
+        return None
+    steps = output.attention[0, [tokens.spans[w][0] for w in chosen]]
+    return normalize(upsample(steps.detach().float(), size)).numpy().astype(np.float32)
