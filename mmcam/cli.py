@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmcam", description="Grad-CAM explanations for classifiers, captioners and VQA models.")
     commands = parser.add_subparsers(title="commands", parser_class=_Parser)
     _add_classify(commands)
+    _add_caption(commands)
     _add_demo(commands)
     return parser
 
@@ -68,6 +69,29 @@ def _add_classify(commands) -> None:
     command.add_argument("--target", action="append", metavar="LABEL_OR_INDEX", help="class to explain (repeatable); default: the top prediction")
     _add_common(command, "efficientnet_lite0")
     command.set_defaults(run=_run_classify)
+
+
+def _add_caption(commands) -> None:
+    command = commands.add_parser("caption", help="explain a captioner word by word")
+    command.add_argument("images", nargs="*", metavar="IMAGE")
+    command.add_argument("--caption", help="caption to explain (default: generate one)")
+    command.add_argument("--batch", metavar="FILE.jsonl", help='lines {"image": PATH} or {"image": PATH, "caption": TEXT}')
+    command.add_argument("--resume", action="store_true", help="with --batch and --out: skip items already written")
+    command.add_argument("--beam", type=_positive_int, default=1, metavar="N", help="beam size when generating (default 1: greedy)")
+    command.add_argument("--words", nargs="+", metavar="WORD", help="explain only these words (positions or words)")
+    command.add_argument("--score", choices=["logprob", "logit"], default="logprob", help="y_t: log-prob (default) or pre-softmax logit")
+    _add_common(command, "shapes-captioner")
+    command.set_defaults(run=_run_caption)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _add_demo(commands) -> None:
@@ -143,6 +167,83 @@ def _print_classify(record: dict[str, Any]) -> None:
     for item in record["explanations"]:
         where = f" -> {item['heatmap']}" if item["heatmap"] else ""
         print(f"  {record['method']} for {item['target']!r}: peak {tuple(item['peak_xy'])}, box {item['bbox']}{where}")
+
+
+def _load_adapter(args: argparse.Namespace, kind: str):
+    from .registry import load
+
+    adapter = load(args.model, weights=getattr(args, "weights", None), layer=args.layer)
+    if getattr(adapter, "kind", None) != kind:
+        raise InputError(f"model {args.model!r} is a {adapter.kind} model; use 'mmcam {adapter.kind}'")
+    return adapter
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    if args.batch and args.images:
+        raise InputError("give images on the command line or --batch FILE, not both")
+    if not args.batch and not args.images:
+        raise InputError("no images given; pass IMAGE ... or --batch FILE.jsonl")
+    if args.resume and not (args.batch and args.out):
+        raise InputError("--resume needs --batch and --out")
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    from .batch import read_batch, run_batch
+    from .records import caption_record
+
+    _check_sources(args)
+    if args.batch:
+        items = read_batch(args.batch, optional=("caption",))
+        adapter = _load_adapter(args, "caption")
+    else:
+        images = load_images(args.images)
+        adapter = _load_adapter(args, "caption")
+        if args.caption is not None:
+            adapter.caption_tokens(images[0], args.caption)
+        items = [_item(path, image, {"caption": args.caption}) for path, image in zip(args.images, images)]
+    out = prepare_out(args.out)
+
+    def explain(batch, stems):
+        results = []
+        for item, stem in zip(batch, stems, strict=True):
+            try:
+                explanation = adapter.explain(
+                    item.fields.get("loaded") or item.image,
+                    item.fields.get("caption"),
+                    words=args.words,
+                    method=args.method,
+                    beam_size=args.beam,
+                    score=args.score,
+                    guided=out is not None,
+                    counterfactual=out is not None,
+                    contrast=out is not None,
+                )
+                written = explanation.save(out, stem) if out else None
+                results.append(caption_record(explanation, item.image, written))
+            except (InputError, OSError) as error:
+                if not args.batch:
+                    raise
+                results.append(error)
+        return results
+
+    printer = emit if args.json else _print_caption
+    return run_batch(items, unique_stems([item.image for item in items]), explain, printer, out=out, resume=args.resume)
+
+
+def _item(path: str, image: LoadedImage, fields: dict[str, Any]):
+    from .batch import BatchItem
+
+    return BatchItem(0, path, {**fields, "loaded": image})
+
+
+def _print_caption(record: dict[str, Any]) -> None:
+    if "error" in record:
+        print(f"{record['image']}: error: {record['error']}")
+        return
+    print(f"{record['image']}: {record['caption']!r} ({record['method']} on {record['layer']})")
+    for word in record["words"]:
+        where = f" -> {word['heatmap']}" if word["heatmap"] else ""
+        print(f"  {word['word']:<12} logprob {word['logprob']:7.3f}  peak {tuple(word['peak_xy'])}  box {word['bbox']}{where}")
 
 
 def _run_demo(args: argparse.Namespace) -> int:

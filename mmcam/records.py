@@ -42,3 +42,26 @@ def classify_record(explanation: Explanation, image: str, written: Sequence[dict
             )
         ],
     }
+
+
+def caption_record(explanation: Explanation, image: str, written: Sequence[dict[str, str]] | None) -> dict[str, Any]:
+    """``mmcam caption --json``: image, model, layer, method, caption, one entry per word."""
+    heatmaps = _heatmap_paths(explanation, written)
+    return {
+        "image": image,
+        "model": explanation.model,
+        "layer": explanation.layer,
+        "method": explanation.method,
+        "caption": explanation.info["caption"],
+        "words": [
+            {
+                "word": word,
+                "index": int(index) if index >= 0 else None,
+                "logprob": float(logprob),
+                **_place(explanation, t, heatmaps[t]),
+            }
+            for t, (word, index, logprob) in enumerate(
+                zip(explanation.labels, explanation.indices, explanation.info["logprobs"], strict=True)
+            )
+        ],
+    }

@@ -26,3 +26,18 @@ def _efficientnet_lite0(layer: str | None = None):
         input_size=INPUT_SIZE,
         layer=layer or "bn2",
     )
+
+
+# Chosen by measurement: per-word pointing on the generated test split (docs/RESULTS.md).
+CAPTION_DEFAULT_METHOD = "gradcam"
+
+
+@shipped("shapes-captioner")
+def _shapes_captioner(layer: str | None = None):
+    from models.captioner import load_shapes_captioner
+
+    from .adapters.captioning import CaptionAdapter
+    from .adapters.shapes_captioner import ShapesCaptionerScorer
+
+    scorer = ShapesCaptionerScorer(load_shapes_captioner(), layer=layer or "encoder")
+    return CaptionAdapter(scorer, default_method=CAPTION_DEFAULT_METHOD)
