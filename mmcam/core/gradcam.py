@@ -32,7 +32,9 @@ class GradientRecord:
     gradients: (N, T, C, h, w), d score_t / d activations for each target t;
     scores: (N, T) target scalars y^c; output: the model's output;
     input_gradients: (N, T, C_in, H, W) Guided Backprop gradients w.r.t. the image, or None;
-    input_size: (H, W) of the image tensor the model saw.
+    input_size: (H, W) of the image tensor the model saw;
+    extra_activations / extra_gradients: outputs (N, ...) of the ``extra_layers`` and their
+    gradients (N, T, ...), by layer name (e.g. word embeddings for gradient x input).
     """
 
     activations: Tensor
@@ -41,6 +43,8 @@ class GradientRecord:
     output: Any
     input_gradients: Tensor | None
     input_size: tuple[int, int]
+    extra_activations: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    extra_gradients: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 class GradCAM:
@@ -63,7 +67,9 @@ class GradCAM:
 
     ``forward`` (optional) is called with the inputs instead of ``model`` itself, for models
     whose scores come from a function around the module that holds the layer (a captioner's
-    teacher-forced log-probabilities, a VQA model's answer logits).
+    teacher-forced log-probabilities, a VQA model's answer logits). ``extra_layers`` are hooked
+    too and get the targets' gradients in the same backward pass (word embeddings of a question,
+    for gradient x input attributions).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class GradCAM:
         eval_mode: bool = True,
         graph_from_layer: bool = True,
         forward: Callable[..., Any] | None = None,
+        extra_layers: Sequence[LayerSpec] = (),
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -91,6 +98,7 @@ class GradCAM:
         self.eval_mode = eval_mode
         self.graph_from_layer = graph_from_layer
         self.forward = forward
+        self.extra_layers = dict(resolve_layer(model, layer) for layer in extra_layers)
 
     def __enter__(self) -> GradCAM:
         return self
@@ -163,6 +171,10 @@ class GradCAM:
             stack.enter_context(torch.no_grad() if prune else torch.enable_grad())
             stack.enter_context(eval_mode(self.model, self.eval_mode))
             captured = stack.enter_context(capture_output(self.layer, enable_grad_after=prune))
+            extras = {
+                name: stack.enter_context(capture_output(module, enable_grad_after=prune))
+                for name, module in self.extra_layers.items()
+            }
             image_key, image = _find_image(inputs, self.image_arg)
             if guided:
                 image = image.detach().clone().requires_grad_(True)
@@ -178,8 +190,15 @@ class GradCAM:
             raw_activation = captured.activation
             if guided:
                 switch.guided = False
-            (activation_gradients,) = target_gradients(
-                scores, [raw_activation], chunk_size=self.chunk_size, retain_graph=guided
+            missing = [name for name, capture in extras.items() if capture.activation is None]
+            if missing:
+                raise RuntimeError(f"extra layer(s) {', '.join(missing)} did not run during the forward pass")
+            extra_tensors = {name: capture.activation for name, capture in extras.items()}
+            activation_gradients, *extra_gradients = target_gradients(
+                scores,
+                [raw_activation, *extra_tensors.values()],
+                chunk_size=self.chunk_size,
+                retain_graph=guided,
             )
             input_gradients = None
             if guided:
@@ -204,6 +223,8 @@ class GradCAM:
             output=_detach(output),
             input_gradients=input_gradients,
             input_size=(int(image.shape[-2]), int(image.shape[-1])),
+            extra_activations={name: tensor.detach() for name, tensor in extra_tensors.items()},
+            extra_gradients=dict(zip(extra_tensors, extra_gradients, strict=True)),
         )
 
 
