@@ -41,3 +41,17 @@ def _shapes_captioner(layer: str | None = None):
 
     scorer = ShapesCaptionerScorer(load_shapes_captioner(), layer=layer or "encoder")
     return CaptionAdapter(scorer, default_method=CAPTION_DEFAULT_METHOD)
+
+
+# Chosen by measurement: answer-map pointing on the easy-VQA test split (docs/RESULTS.md).
+VQA_DEFAULT_METHOD = "gradcam"
+
+
+@shipped("easy-vqa")
+def _easy_vqa(layer: str | None = None):
+    from models.vqa import load_easy_vqa
+
+    from .adapters.easy_vqa import EasyVQAScorer
+    from .adapters.vqa import VQAAdapter
+
+    return VQAAdapter(EasyVQAScorer(load_easy_vqa(), layer=layer or "image_encoder"), default_method=VQA_DEFAULT_METHOD)

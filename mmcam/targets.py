@@ -131,3 +131,21 @@ class WordContrastTarget:
             return step[:, self.token_id] - step.gather(1, alternatives[:, None]).squeeze(1)
         return step[:, self.token_id] - step[:, other]
 
+
+
+@dataclass(frozen=True)
+class ChosenClassTarget:
+    """Per sample, the logit of a given class, or (``None``) of the sample's predicted class
+    (its ``rank``-th best when the given class is None), from the same forward pass."""
+
+    indices: tuple[int | None, ...]
+    rank: int = 0
+
+    def __call__(self, output: Any) -> Tensor:
+        logits = _logits(output)
+        if len(self.indices) != logits.shape[0]:
+            raise ValueError(f"{len(self.indices)} class choices given for a batch of {logits.shape[0]}")
+        predicted = logits.detach().topk(self.rank + 1, dim=1).indices[:, self.rank]
+        given = torch.tensor([-1 if index is None else index for index in self.indices], device=logits.device)
+        chosen = torch.where(given >= 0, given, predicted)
+        return logits.gather(1, chosen[:, None]).squeeze(1)

@@ -51,17 +51,31 @@ def _batched_grad(
         )
         grads = tuple(None if grad is None else grad.unsqueeze(0) for grad in grads)
     else:
-        grads = torch.autograd.grad(
-            scores,
-            inputs,
-            grad_outputs,
-            retain_graph=retain_graph,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
+        try:
+            grads = torch.autograd.grad(
+                scores,
+                inputs,
+                grad_outputs,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        except RuntimeError:
+            # An operator without a batching rule: the same gradients one target at a time.
+            grads = _looped_grad(scores, inputs, grad_outputs)
     return [
         torch.zeros(grad_outputs.shape[0], *tensor.shape, dtype=tensor.dtype, device=tensor.device)
         if grad is None
         else grad
         for grad, tensor in zip(grads, inputs, strict=True)
     ]
+
+
+def _looped_grad(scores: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+    per_target = [
+        torch.autograd.grad(scores, inputs, one, retain_graph=True, allow_unused=True) for one in grad_outputs
+    ]
+    return tuple(
+        None if grads[0] is None else torch.stack(grads)
+        for grads in zip(*per_target, strict=True)
+    )

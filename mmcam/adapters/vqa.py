@@ -1,0 +1,213 @@
+"""VQA models: one heatmap per answer, y^c = the pre-softmax score of answer c.
+
+Wrap a model in a :class:`VQAScorer` (preprocessing, question tokens, answer logits) and
+:class:`VQAAdapter` explains any number of answers for a minibatch of (image, question) pairs
+from one forward pass, with question-word attributions (gradient x embedding) from the same
+backward pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core import GradCAM
+from ..errors import InputError
+from ..explanation import Explanation
+from ..io import ImageLike, load_image
+from ..targets import ChosenClassTarget, ContrastTarget
+from ._maps import guided_at_original_size, maps_at_original_size
+
+
+@dataclass(frozen=True)
+class QuestionTokens:
+    """A question as the model reads it: its words, their ids, and the words it does not know."""
+
+    words: tuple[str, ...]
+    ids: tuple[int, ...]
+    unknown: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class VQAScorer(Protocol):
+    """What mmcam needs from a VQA model. ``model`` holds ``layer`` (the image encoder's last
+    convolutional layer) and ``embedding_layer`` (the question's word embeddings, output
+    (N, L, E), or None for no word attributions)."""
+
+    name: str
+    model: nn.Module
+    layer: str
+    embedding_layer: str | None
+    reshape: object | None
+    answers: Sequence[str]
+
+    def preprocess(self, pixels: np.ndarray) -> Tensor:
+        """RGB uint8 (H, W, 3) -> the model's image tensor (C, h, w)."""
+
+    def tokenize(self, question: str) -> QuestionTokens:
+        """Words and ids of a question (unknown words mapped to the model's unknown token)."""
+
+    def collate(self, questions: Sequence[QuestionTokens]) -> Tensor:
+        """Padded question ids (N, L)."""
+
+    def score(self, images: Tensor, question_ids: Tensor) -> Tensor:
+        """Answer logits (N, A), pre-softmax."""
+
+
+@dataclass
+class VQAAdapter:
+    """Explains a :class:`VQAScorer`'s answers."""
+
+    scorer: VQAScorer
+    default_method: str = "gradcam"
+    kind: str = "vqa"
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name
+
+    @property
+    def answers(self) -> list[str]:
+        return list(self.scorer.answers)
+
+    def answer_index(self, answer: str | int) -> int:
+        """Index of an answer (case-insensitive); unknown answers list the closest ones."""
+        if isinstance(answer, (int, np.integer)):
+            if not 0 <= int(answer) < len(self.answers):
+                raise InputError(f"answer index {answer} out of range 0-{len(self.answers) - 1}")
+            return int(answer)
+        lowered = [item.lower() for item in self.answers]
+        wanted = answer.strip().lower()
+        if wanted in lowered:
+            return lowered.index(wanted)
+        close = difflib.get_close_matches(wanted, lowered, n=4, cutoff=0.3)
+        raise InputError(
+            f"unknown answer {answer!r}; closest: {', '.join(close) or 'none'}; answers: {', '.join(self.answers)}"
+        )
+
+    def question_tokens(self, question: str) -> QuestionTokens:
+        """Tokenized question; empty questions are an error, unknown words a warning."""
+        if not question or not question.strip():
+            raise InputError("the question is empty")
+        tokens = self.scorer.tokenize(question)
+        if not tokens.words:
+            raise InputError(f"the question {question!r} has no words")
+        if tokens.unknown:
+            warnings.warn(
+                f"question words unknown to {self.name}, read as its unknown token: {', '.join(tokens.unknown)}",
+                stacklevel=3,
+            )
+        return tokens
+
+    def explain(self, image: ImageLike, question: str, answers: Sequence[str | int] | None = None, **options) -> Explanation:
+        """Explain one (image, question); see :meth:`explain_batch`."""
+        return self.explain_batch([image], [question], [answers] if answers else None, **options)[0]
+
+    def explain_batch(
+        self,
+        images: Sequence[ImageLike],
+        questions: Sequence[str],
+        answers: Sequence[Sequence[str | int] | None] | None = None,
+        *,
+        top: int = 1,
+        method: str | None = None,
+        guided: bool = True,
+        counterfactual: bool = True,
+        contrast: tuple[str | int, str | int] | None = None,
+    ) -> list[Explanation]:
+        """Explain a minibatch from ONE forward pass.
+
+        Per item, ``answers[n]`` (given answers) or, when None, its ``top`` best answers (the
+        first is the prediction). All items must ask for the same number of answers.
+        ``contrast=(a, b)`` adds a map for score(a) - score(b) to ``info["contrast"]``.
+        """
+        if len(images) != len(questions):
+            raise InputError(f"{len(images)} images but {len(questions)} questions")
+        method = method or self.default_method
+        loaded = [load_image(image) for image in images]
+        tokens = [self.question_tokens(question) for question in questions]
+        wanted = [[self.answer_index(a) for a in item] if item else None for item in (answers or [None] * len(images))]
+        counts = {len(item) if item else top for item in wanted}
+        if len(counts) != 1:
+            raise InputError("every item of a minibatch must explain the same number of answers")
+        (count,) = counts
+        targets = [
+            ChosenClassTarget(tuple(item[k] if item else None for item in wanted), rank=k) for k in range(count)
+        ]
+        if contrast:
+            targets.append(ContrastTarget(self.answer_index(contrast[0]), self.answer_index(contrast[1])))
+        cam = GradCAM(
+            self.scorer.model,
+            self.scorer.layer,
+            method=method,
+            reshape=self.scorer.reshape,
+            forward=self.scorer.score,
+            extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
+        )
+        batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
+        record = cam.gradients((batch, self.scorer.collate(tokens)), targets, guided=guided)
+        sizes = [item.size for item in loaded]
+        maps = maps_at_original_size(cam, record, sizes)
+        counter = maps_at_original_size(cam, record, sizes, counterfactual=True) if counterfactual else None
+        guided_maps = guided_at_original_size(record, maps) if guided else None
+        logits = record.output
+        probabilities = logits.softmax(dim=1)
+        attributions = word_attributions(record, self.scorer.embedding_layer)
+        results = []
+        for n, item in enumerate(loaded):
+            chosen = wanted[n] or probabilities[n].topk(count).indices.tolist()
+            ranked = probabilities[n].topk(min(max(5, count), len(self.answers)))
+            info = {
+                "question": questions[n],
+                "answer": self.answers[int(probabilities[n].argmax())],
+                "probability": float(probabilities[n].max()),
+                "probabilities": [float(probabilities[n, index]) for index in chosen],
+                "top": [
+                    {"answer": self.answers[int(i)], "probability": float(p)}
+                    for p, i in zip(ranked.values, ranked.indices, strict=True)
+                ],
+                "question_words": list(tokens[n].words),
+                "title": questions[n],
+            }
+            if attributions is not None:
+                info["word_attributions"] = attributions[n, :count, : len(tokens[n].words)]
+            if contrast:
+                info["contrast"] = maps[n][count:]
+            results.append(
+                Explanation(
+                    kind=self.kind,
+                    image=item,
+                    model=self.name,
+                    layer=cam.layer_name,
+                    method=method,
+                    labels=[self.answers[i] for i in chosen],
+                    indices=list(chosen),
+                    scores=record.scores[n, :count].numpy(),
+                    heatmaps=maps[n][:count],
+                    guided=None if guided_maps is None else guided_maps[n][:count],
+                    counterfactual=None if counter is None else counter[n][:count],
+                    info=info,
+                )
+            )
+        return results
+
+
+def word_attributions(record, embedding_layer: str | None) -> np.ndarray | None:
+    """Gradient x embedding, summed over the embedding dimension: (N, T, L).
+
+    For target t and word l: sum_e dy_t/dx_le * x_le. Their sum over the words is the first-order
+    (Taylor) estimate of y_t minus its value with every word embedding set to zero; it is exact
+    when y_t is linear in the embeddings.
+    """
+    if not embedding_layer:
+        return None
+    embeddings = record.extra_activations[embedding_layer]  # (N, L, E)
+    gradients = record.extra_gradients[embedding_layer]  # (N, T, L, E)
+    return (gradients * embeddings.unsqueeze(1)).sum(dim=-1).numpy()
