@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", parser_class=_Parser)
     _add_classify(commands)
     _add_caption(commands)
+    _add_vqa(commands)
     _add_demo(commands)
     return parser
 
@@ -82,6 +83,18 @@ def _add_caption(commands) -> None:
     command.add_argument("--score", choices=["logprob", "logit"], default="logprob", help="y_t: log-prob (default) or pre-softmax logit")
     _add_common(command, "shapes-captioner")
     command.set_defaults(run=_run_caption)
+
+
+def _add_vqa(commands) -> None:
+    command = commands.add_parser("vqa", help="explain a VQA model's answers")
+    command.add_argument("inputs", nargs="*", metavar="IMAGE QUESTION")
+    command.add_argument("--answer", action="append", metavar="A", help="answer to explain (repeatable); default: the prediction")
+    command.add_argument("--top", type=_positive_int, default=1, metavar="K", help="explain the K best answers (default 1)")
+    command.add_argument("--batch", metavar="FILE.jsonl", help='lines {"image": PATH, "question": TEXT} (optional "answer")')
+    command.add_argument("--resume", action="store_true", help="with --batch and --out: skip items already written")
+    command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"minibatch size (default {BATCH_SIZE})")
+    _add_common(command, "easy-vqa")
+    command.set_defaults(run=_run_vqa)
 
 
 def _positive_int(text: str) -> int:
@@ -220,7 +233,7 @@ def _run_caption(args: argparse.Namespace) -> int:
                 )
                 written = explanation.save(out, stem) if out else None
                 results.append(caption_record(explanation, item.image, written))
-            except (InputError, OSError) as error:
+            except Exception as error:  # in a batch, one bad item must not stop the rest
                 if not args.batch:
                     raise
                 results.append(error)
@@ -228,6 +241,91 @@ def _run_caption(args: argparse.Namespace) -> int:
 
     printer = emit if args.json else _print_caption
     return run_batch(items, unique_stems([item.image for item in items]), explain, printer, out=out, resume=args.resume)
+
+
+def _run_vqa(args: argparse.Namespace) -> int:
+    from .batch import read_batch, run_batch
+    from .records import vqa_record
+
+    args.images = args.inputs
+    if args.inputs and len(args.inputs) != 2:
+        raise InputError("give exactly IMAGE QUESTION (quote the question), or --batch FILE.jsonl")
+    _check_sources(args)
+    if args.answer and args.top != 1:
+        raise InputError("give --answer or --top, not both")
+    if args.batch:
+        items = read_batch(args.batch, required=("image", "question"), optional=("answer",))
+        adapter = _load_adapter(args, "vqa")
+    else:
+        path, question = args.inputs
+        (image,) = load_images([path])
+        adapter = _load_adapter(args, "vqa")
+        adapter.question_tokens(question)
+        for answer in args.answer or []:
+            adapter.answer_index(answer)
+        items = [_item(path, image, {"question": question})]
+    out = prepare_out(args.out)
+
+    def answers_of(item) -> list[str] | None:
+        given = item.fields.get("answer")
+        return [given] if given else args.answer
+
+    def explain_group(group, stems):
+        explanations = adapter.explain_batch(
+            [item.fields.get("loaded") or item.image for item in group],
+            [item.fields["question"] for item in group],
+            [answers_of(item) for item in group],
+            top=args.top,
+            method=args.method,
+            guided=out is not None,
+            counterfactual=out is not None,
+        )
+        return [
+            vqa_record(explanation, item.image, explanation.save(out, stem) if out else None)
+            for item, stem, explanation in zip(group, stems, explanations, strict=True)
+        ]
+
+    def explain(batch, stems):
+        results: list = [None] * len(batch)
+        by_count: dict[int, list[int]] = {}
+        for position, item in enumerate(batch):
+            by_count.setdefault(len(answers_of(item) or [None] * args.top), []).append(position)
+        for positions in by_count.values():
+            try:
+                records = explain_group([batch[p] for p in positions], [stems[p] for p in positions])
+            except Exception as error:  # in a batch, one bad item must not stop the rest
+                if not args.batch or len(positions) == 1:
+                    if not args.batch:
+                        raise
+                    records = [error]
+                else:  # find the failing items one by one; the others still succeed
+                    records = [_first_or_error(explain_group, [batch[p]], [stems[p]]) for p in positions]
+            for position, record in zip(positions, records, strict=True):
+                results[position] = record
+        return results
+
+    printer = emit if args.json else _print_vqa
+    stems = unique_stems([item.image for item in items])
+    return run_batch(items, stems, explain, printer, out=out, resume=args.resume, chunk=args.batch_size)
+
+
+def _first_or_error(function, *arguments):
+    try:
+        return function(*arguments)[0]
+    except Exception as error:  # reported as this item's error line
+        return error
+
+
+def _print_vqa(record: dict[str, Any]) -> None:
+    if "error" in record:
+        print(f"{record['image']}: error: {record['error']}")
+        return
+    print(f"{record['image']}: {record['question']!r} -> {record['answer']} (p={record['probability']:.3f})")
+    for item in record["explanations"]:
+        where = f" -> {item['heatmap']}" if item["heatmap"] else ""
+        print(f"  {record['method']} for {item['answer']!r}: score {item['score']:.3f}, peak {tuple(item['peak_xy'])}, box {item['bbox']}{where}")
+    words = ", ".join(f"{w['word']} {w['attribution']:+.3f}" for w in record["question_words"] if w["attribution"] is not None)
+    print(f"  question words: {words}")
 
 
 def _item(path: str, image: LoadedImage, fields: dict[str, Any]):

@@ -65,3 +65,29 @@ def caption_record(explanation: Explanation, image: str, written: Sequence[dict[
             )
         ],
     }
+
+
+def vqa_record(explanation: Explanation, image: str, written: Sequence[dict[str, str]] | None) -> dict[str, Any]:
+    """``mmcam vqa --json``: the model's answer, its top answers, one entry per explained
+    answer, and the question words' attributions for the first explained answer."""
+    heatmaps = _heatmap_paths(explanation, written)
+    info = explanation.info
+    attributions = info.get("word_attributions")
+    return {
+        "image": image,
+        "question": info["question"],
+        "model": explanation.model,
+        "layer": explanation.layer,
+        "method": explanation.method,
+        "answer": info["answer"],
+        "probability": info["probability"],
+        "top": info["top"],
+        "explanations": [
+            {"answer": answer, "score": float(score), **_place(explanation, t, heatmaps[t])}
+            for t, (answer, score) in enumerate(zip(explanation.labels, explanation.scores, strict=True))
+        ],
+        "question_words": [
+            {"word": word, "attribution": None if attributions is None else float(attributions[0][w])}
+            for w, word in enumerate(info["question_words"])
+        ],
+    }

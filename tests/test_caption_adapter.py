@@ -1,0 +1,95 @@
+"""Word-by-word explanations of a captioner: batching, teacher forcing, errors (tiny random model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_same_state, model_state
+from mmcam.adapters.captioning import CaptionAdapter, CaptionScorer
+from mmcam.adapters.shapes_captioner import ShapesCaptionerScorer
+from mmcam.data.scenes import make_split
+from mmcam.errors import InputError
+from models.captioner import CaptionerConfig, ShapesCaptioner
+
+
+@pytest.fixture(scope="module")
+def adapter() -> CaptionAdapter:
+    torch.manual_seed(0)
+    model = ShapesCaptioner(CaptionerConfig(channels=(8, 8, 8, 8, 16), hidden_dim=32, attention_dim=16, embed_dim=16)).eval()
+    return CaptionAdapter(ShapesCaptionerScorer(model), default_method="gradcam")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_split("test", 1)[0]
+
+
+def test_scorer_satisfies_the_public_protocol(adapter) -> None:
+    assert isinstance(adapter.scorer, CaptionScorer)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_all_words_at_once_equal_one_call_per_word(adapter, scene, method) -> None:
+    caption = "a red circle and a blue triangle"
+    together = adapter.explain(scene.image, caption, method=method, guided=True)
+    assert together.heatmaps.shape == (7, 128, 128)
+    for position in range(7):
+        alone = adapter.explain(scene.image, caption, words=[position], method=method, guided=True)
+        np.testing.assert_allclose(alone.heatmaps[0], together.heatmaps[position], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(alone.guided[0], together.guided[position], rtol=1e-4, atol=1e-7)
+        assert alone.info["logprobs"][0] == pytest.approx(together.info["logprobs"][position], abs=1e-6)
+    assert not np.allclose(together.heatmaps[1], together.heatmaps[2])
+
+
+def test_teacher_forced_logprobs_equal_the_generators_scores(adapter, scene) -> None:
+    images = adapter.scorer.preprocess(scene.image)[None]
+    ids, generated = adapter.scorer.model.generate(images)[0]
+    explanation = adapter.explain(scene.image)  # no caption: generate, then explain
+    assert explanation.labels == adapter.scorer.model.decode_ids(ids)
+    np.testing.assert_allclose(explanation.info["logprobs"], generated, atol=1e-5)
+    np.testing.assert_allclose(explanation.scores, generated, atol=1e-5)
+
+
+def test_logit_score_and_whole_caption(adapter, scene) -> None:
+    caption = "a red circle"
+    logit = adapter.explain(scene.image, caption, score="logit", whole_caption=True, guided=False)
+    logprob = adapter.explain(scene.image, caption, guided=False)
+    assert logit.labels == ["a", "red", "circle", "<caption>"]
+    assert sum(logprob.info["logprobs"]) == pytest.approx(logit.info["logprobs"][-1], abs=1e-5)
+    assert not np.allclose(logit.scores[:3], logprob.scores)
+
+
+def test_words_subset_by_word_and_contrast_maps(adapter, scene) -> None:
+    explanation = adapter.explain(scene.image, "a red circle", words=["circle", "red"])
+    assert explanation.labels == ["circle", "red"] and explanation.indices == [2, 1]
+    assert explanation.info["contrast"].shape == (2, 128, 128)
+    assert explanation.attention.shape == (2, 128, 128)
+    assert explanation.counterfactual.shape == (2, 128, 128)
+    # log p(w) - log p(runner-up) <= log p(w) - log p(any other word)
+    assert np.all(np.isfinite(explanation.info["contrast_scores"]))
+
+
+@pytest.mark.parametrize(
+    ("caption", "message"),
+    [("", "caption is empty"), ("   ", "caption is empty"), ("a purple circle", "not in the shapes-captioner vocabulary: purple"), ("?!", "has no words")],
+)
+def test_bad_captions_give_clear_errors(adapter, scene, caption, message) -> None:
+    with pytest.raises(InputError, match=message):
+        adapter.explain(scene.image, caption)
+
+
+def test_bad_word_selection(adapter, scene) -> None:
+    with pytest.raises(InputError, match="word 'blue' is not in the caption 'a red circle'"):
+        adapter.explain(scene.image, "a red circle", words=["blue"])
+    with pytest.raises(InputError, match="outside the caption's 3 words"):
+        adapter.explain(scene.image, "a red circle", words=[3])
+
+
+def test_caption_explanation_leaves_the_model_unchanged(adapter, scene) -> None:
+    model = adapter.scorer.model.train()
+    before = model_state(model)
+    adapter.explain(scene.image, "a red circle and a blue triangle")
+    assert_same_state(before, model_state(model))
+    model.eval()
