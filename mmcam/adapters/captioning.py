@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core import GradCAM
+from ..core import GradCAM, GradientRecord
 from ..core.maps import normalize, upsample
 from ..errors import InputError
 from ..explanation import Explanation
-from ..io import ImageLike, load_image
+from ..io import ImageLike, LoadedImage, load_image
 from ..targets import CaptionScores, WordContrastTarget, WordTarget
 from ._maps import guided_at_original_size, maps_at_original_size
 
@@ -107,6 +107,42 @@ class CaptionAdapter:
             raise InputError("the caption is empty; give some words, or leave it out to generate one")
         return self.scorer.tokenize(caption)
 
+    def run(
+        self,
+        image: ImageLike,
+        caption: str | None = None,
+        *,
+        words: Sequence[int | str] | None = None,
+        method: str | None = None,
+        beam_size: int = 1,
+        score: str = "logprob",
+        whole_caption: bool = False,
+        guided: bool = True,
+        contrast: bool = True,
+    ) -> CaptionRun:
+        """The forward and backward pass behind :meth:`explain`, for callers that want several
+        methods' maps from the same gradients (evaluation)."""
+        if score not in SCORES:
+            raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
+        loaded = load_image(image)
+        images = self.scorer.preprocess(loaded.pixels)[None]
+        tokens = self.caption_tokens(loaded, caption, beam_size)
+        if not tokens.words:
+            raise InputError("the caption has no words to explain")
+        chosen = _select_words(tokens, words)
+        targets = [WordTarget(tokens.spans[w], tuple(tokens.ids[p] for p in tokens.spans[w]), score) for w in chosen]
+        labels = [tokens.words[w] for w in chosen]
+        if whole_caption:
+            targets.append(WordTarget(tuple(range(len(tokens.ids))), tokens.ids, "logprob"))
+            labels.append("<caption>")
+        word_count = len(targets)
+        if contrast:
+            targets += [WordContrastTarget(tokens.spans[w][0], tokens.ids[tokens.spans[w][0]]) for w in chosen]
+        cam = self._cam(method or self.default_method)
+        ids = torch.tensor([tokens.ids], dtype=torch.long)
+        record = cam.gradients((images, ids), targets, guided=guided)
+        return CaptionRun(cam, record, tokens, loaded, chosen, labels, word_count)
+
     def explain(
         self,
         image: ImageLike,
@@ -129,65 +165,55 @@ class CaptionAdapter:
         each step's runner-up word (``info["contrast"]``) and the model's attention, when it has
         one.
         """
-        if score not in SCORES:
-            raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
-        method = method or self.default_method
-        loaded = load_image(image)
-        images = self.scorer.preprocess(loaded.pixels)[None]
-        tokens = self.caption_tokens(loaded, caption, beam_size)
-        if not tokens.words:
-            raise InputError("the caption has no words to explain")
-        chosen = _select_words(tokens, words)
-        targets = [WordTarget(tokens.spans[w], tuple(tokens.ids[p] for p in tokens.spans[w]), score) for w in chosen]
-        labels = [tokens.words[w] for w in chosen]
-        if whole_caption:
-            targets.append(WordTarget(tuple(range(len(tokens.ids))), tokens.ids, "logprob"))
-            labels.append("<caption>")
-        word_count = len(targets)
-        if contrast:
-            targets += [WordContrastTarget(tokens.spans[w][0], tokens.ids[tokens.spans[w][0]]) for w in chosen]
-        cam = self._cam(method)
-        ids = torch.tensor([tokens.ids], dtype=torch.long)
-        record = cam.gradients((images, ids), targets, guided=guided)
+        run = self.run(
+            image, caption, words=words, method=method, beam_size=beam_size, score=score,
+            whole_caption=whole_caption, guided=guided, contrast=contrast,
+        )
+        cam, record, tokens, loaded, count = run.cam, run.record, run.tokens, run.image, run.word_count
         size = [loaded.size]
         all_maps = maps_at_original_size(cam, record, size)[0]
-        heatmaps = all_maps[:word_count]
-        counter = maps_at_original_size(cam, record, size, counterfactual=True)[0][:word_count] if counterfactual else None
-        guided_maps = None
-        if guided:
-            guided_maps = guided_at_original_size(record, [all_maps])[0][:word_count]
+        heatmaps = all_maps[:count]
+        counter = maps_at_original_size(cam, record, size, counterfactual=True)[0][:count] if counterfactual else None
+        guided_maps = guided_at_original_size(record, [all_maps])[0][:count] if guided else None
         output: CaptionScores = record.output
-        logprobs = [
-            float(output.logprobs[0, list(tokens.spans[w]), [tokens.ids[p] for p in tokens.spans[w]]].sum())
-            for w in chosen
-        ]
+        spans = [tokens.spans[w] for w in run.chosen]
         if whole_caption:
-            logprobs.append(float(output.logprobs[0, range(len(tokens.ids)), list(tokens.ids)].sum()))
-        info = {
-            "caption": " ".join(tokens.words),
-            "logprobs": logprobs,
-            "score": score,
-            "title": " ".join(tokens.words),
-        }
+            spans.append(tuple(range(len(tokens.ids))))
+        logprobs = [float(output.logprobs[0, list(span), [tokens.ids[p] for p in span]].sum()) for span in spans]
+        info = {"caption": " ".join(tokens.words), "logprobs": logprobs, "score": score, "title": " ".join(tokens.words)}
         if contrast:
-            info["contrast"] = all_maps[word_count:]
-            info["contrast_scores"] = record.scores[0, word_count:].numpy()
-        attention = _attention_maps(output, tokens, chosen, loaded.size)
+            info["contrast"] = all_maps[count:]
+            info["contrast_scores"] = record.scores[0, count:].numpy()
         return Explanation(
             kind=self.kind,
             image=loaded,
             model=self.name,
             layer=cam.layer_name,
-            method=method,
-            labels=labels,
-            indices=[*chosen, *([-1] if whole_caption else [])],
-            scores=record.scores[0, :word_count].numpy(),
+            method=cam.method,
+            labels=run.labels,
+            indices=[*run.chosen, *([-1] if whole_caption else [])],
+            scores=record.scores[0, :count].numpy(),
             heatmaps=heatmaps,
             guided=guided_maps,
             counterfactual=counter,
-            attention=None if attention is None or whole_caption else attention,
+            attention=attention_maps(output, spans, loaded.size),
             info=info,
         )
+
+
+@dataclass(frozen=True)
+class CaptionRun:
+    """One forward and backward pass over a caption: the engine, its record (targets: the
+    chosen words, then the whole caption if asked, then the contrasts), the caption's tokens,
+    the image, the chosen word positions, the labels and how many targets are words."""
+
+    cam: GradCAM
+    record: GradientRecord
+    tokens: CaptionTokens
+    image: LoadedImage
+    chosen: list[int]
+    labels: list[str]
+    word_count: int
 
 
 def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> list[int]:
@@ -207,9 +233,10 @@ def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> l
     return chosen
 
 
-def _attention_maps(output: CaptionScores, tokens: CaptionTokens, chosen: Sequence[int], size) -> np.ndarray | None:
-    """The model's attention at each chosen word's first token, at the original size."""
+def attention_maps(output: CaptionScores, spans: Sequence[Sequence[int]], size: tuple[int, int]) -> np.ndarray | None:
+    """The model's attention for each word (mean over its tokens' steps), normalised, at the
+    original image size: (T, H, W), or None when the model has no attention."""
     if output.attention is None:
         return None
-    steps = output.attention[0, [tokens.spans[w][0] for w in chosen]]
+    steps = torch.stack([output.attention[0, list(span)].mean(dim=0) for span in spans])
     return normalize(upsample(steps.detach().float(), size)).numpy().astype(np.float32)

@@ -1,0 +1,76 @@
+"""Metrics on tiny cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmcam.core.localize import localization_box, peak_xy
+from mmcam.eval.pointing import (
+    box_mask,
+    center_map,
+    energy_inside,
+    expected_uniform_pointing,
+    grow_box,
+    grow_mask,
+    inside_outside_ratio,
+    pointing_hit,
+    random_map,
+    uniform_map,
+)
+
+SHAPE = (40, 60)
+
+
+def test_a_map_equal_to_the_object_mask_scores_perfectly() -> None:
+    mask = box_mask((10, 5, 19, 14), SHAPE)
+    heatmap = mask.astype(np.float32)
+    assert pointing_hit(heatmap, mask)
+    assert energy_inside(heatmap, mask) == 1.0
+    assert inside_outside_ratio(heatmap, mask) == float("inf")
+    assert inside_outside_ratio(heatmap + 0.1, mask) == pytest.approx(1.1 / 0.1)
+    assert inside_outside_ratio(uniform_map(SHAPE), mask) == 1.0
+    assert energy_inside(uniform_map(SHAPE), mask) == pytest.approx(100 / 2400)
+    assert expected_uniform_pointing(mask) == pytest.approx(100 / 2400)
+
+
+def test_pointing_misses_outside_and_empty_maps_point_nowhere() -> None:
+    mask = box_mask((10, 5, 19, 14), SHAPE)
+    heatmap = np.zeros(SHAPE, dtype=np.float32)
+    assert not pointing_hit(heatmap, mask)
+    heatmap[30, 50] = 1.0
+    assert not pointing_hit(heatmap, mask)
+    assert pointing_hit(heatmap, box_mask(grow_box((10, 5, 48, 28), 2, SHAPE), SHAPE))
+
+
+def test_grow_box_and_mask() -> None:
+    assert grow_box((0, 5, 58, 14), 6, SHAPE) == (0, 0, 59, 20)
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[3, 3] = True
+    assert grow_mask(mask, 2).sum() == 25
+
+
+def test_localization_box_of_a_synthetic_blob_is_exact() -> None:
+    heatmap = np.zeros(SHAPE, dtype=np.float32)
+    heatmap[12:20, 30:45] = 1.0        # the blob: x 30-44, y 12-19
+    heatmap[2:4, 2:4] = 0.5           # a smaller separate segment above threshold
+    heatmap[30:35, 5:10] = 0.1        # below 15% of the maximum: ignored
+    assert localization_box(heatmap) == (30, 12, 44, 19)
+    assert peak_xy(heatmap) == (30, 12)
+    assert localization_box(np.zeros(SHAPE)) is None
+
+
+def test_localization_threshold_is_fifteen_percent_of_the_maximum() -> None:
+    heatmap = np.zeros((10, 10))
+    heatmap[2:8, 2:8] = 0.15
+    heatmap[4:6, 4:6] = 1.0
+    assert localization_box(heatmap) == (2, 2, 7, 7)
+    heatmap[2:8, 2:8][heatmap[2:8, 2:8] == 0.15] = 0.149
+    assert localization_box(heatmap) == (4, 4, 5, 5)
+
+
+def test_baselines() -> None:
+    centre = center_map(SHAPE)
+    assert np.unravel_index(centre.argmax(), SHAPE) in {(19, 29), (19, 30), (20, 29), (20, 30)}
+    first, second = random_map(SHAPE, np.random.default_rng(0)), random_map(SHAPE, np.random.default_rng(0))
+    assert np.array_equal(first, second) and first.shape == SHAPE and 0 <= first.min() <= first.max() <= 1
