@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core import GradCAM
+from ..core import GradCAM, GradientRecord
 from ..errors import InputError
 from ..explanation import Explanation
-from ..io import ImageLike, load_image
+from ..io import ImageLike, LoadedImage, load_image
 from ..targets import ChosenClassTarget, ContrastTarget
 from ._maps import guided_at_original_size, maps_at_original_size
 
@@ -110,6 +110,46 @@ class VQAAdapter:
         """Explain one (image, question); see :meth:`explain_batch`."""
         return self.explain_batch([image], [question], [answers] if answers else None, **options)[0]
 
+    def run(
+        self,
+        images: Sequence[ImageLike],
+        questions: Sequence[str],
+        answers: Sequence[Sequence[str | int] | None] | None = None,
+        *,
+        top: int = 1,
+        method: str | None = None,
+        guided: bool = True,
+        contrast: tuple[str | int, str | int] | None = None,
+    ) -> VQARun:
+        """The one forward and backward pass behind :meth:`explain_batch`, for callers that
+        want several methods' maps from the same gradients (evaluation)."""
+        if len(images) != len(questions):
+            raise InputError(f"{len(images)} images but {len(questions)} questions")
+        loaded = [load_image(image) for image in images]
+        tokens = [self.question_tokens(question) for question in questions]
+        wanted = [[self.answer_index(a) for a in item] if item else None for item in (answers or [None] * len(images))]
+        counts = {len(item) if item else top for item in wanted}
+        if len(counts) != 1:
+            raise InputError("every item of a minibatch must explain the same number of answers")
+        (count,) = counts
+        targets = [
+            ChosenClassTarget(tuple(item[k] if item else None for item in wanted), rank=k) for k in range(count)
+        ]
+        if contrast:
+            targets.append(ContrastTarget(self.answer_index(contrast[0]), self.answer_index(contrast[1])))
+        cam = GradCAM(
+            self.scorer.model,
+            self.scorer.layer,
+            method=method or self.default_method,
+            reshape=self.scorer.reshape,
+            forward=self.scorer.score,
+            extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
+        )
+        batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
+        question_ids = self.scorer.collate(tokens)
+        record = cam.gradients((batch, question_ids), targets, guided=guided)
+        return VQARun(cam, record, loaded, tokens, wanted, count, batch, question_ids)
+
     def explain_batch(
         self,
         images: Sequence[ImageLike],
@@ -128,31 +168,9 @@ class VQAAdapter:
         first is the prediction). All items must ask for the same number of answers.
         ``contrast=(a, b)`` adds a map for score(a) - score(b) to ``info["contrast"]``.
         """
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        method = method or self.default_method
-        loaded = [load_image(image) for image in images]
-        tokens = [self.question_tokens(question) for question in questions]
-        wanted = [[self.answer_index(a) for a in item] if item else None for item in (answers or [None] * len(images))]
-        counts = {len(item) if item else top for item in wanted}
-        if len(counts) != 1:
-            raise InputError("every item of a minibatch must explain the same number of answers")
-        (count,) = counts
-        targets = [
-            ChosenClassTarget(tuple(item[k] if item else None for item in wanted), rank=k) for k in range(count)
-        ]
-        if contrast:
-            targets.append(ContrastTarget(self.answer_index(contrast[0]), self.answer_index(contrast[1])))
-        cam = GradCAM(
-            self.scorer.model,
-            self.scorer.layer,
-            method=method,
-            reshape=self.scorer.reshape,
-            forward=self.scorer.score,
-            extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
-        )
-        batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
-        record = cam.gradients((batch, self.scorer.collate(tokens)), targets, guided=guided)
+        run = self.run(images, questions, answers, top=top, method=method, guided=guided, contrast=contrast)
+        cam, record, loaded, tokens, wanted, count = run.cam, run.record, run.images, run.questions, run.wanted, run.count
+        method = cam.method
         sizes = [item.size for item in loaded]
         maps = maps_at_original_size(cam, record, sizes)
         counter = maps_at_original_size(cam, record, sizes, counterfactual=True) if counterfactual else None
@@ -197,6 +215,22 @@ class VQAAdapter:
                 )
             )
         return results
+
+
+@dataclass(frozen=True)
+class VQARun:
+    """One forward and backward pass over a minibatch: the engine, its record (targets: the
+    answers, then the contrast if asked), the images, the questions' tokens, the given answers
+    per item (None: the best ``count``), the model's inputs."""
+
+    cam: GradCAM
+    record: GradientRecord
+    images: list[LoadedImage]
+    questions: list[QuestionTokens]
+    wanted: list[list[int] | None]
+    count: int
+    pixels: Tensor
+    question_ids: Tensor
 
 
 def word_attributions(record, embedding_layer: str | None) -> np.ndarray | None:
