@@ -85,22 +85,30 @@ def _pixel_order(heatmap: np.ndarray, rng: np.random.Generator | None = None) ->
 
 
 def deletion_insertion(
-    score: ScoreFn, image: Tensor, heatmap: np.ndarray, *, steps: int = 16, rng: np.random.Generator | None = None
+    score: ScoreFn,
+    image: Tensor,
+    heatmap: np.ndarray,
+    *,
+    steps: int = 16,
+    fill: str = "zero",
+    rng: np.random.Generator | None = None,
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """RISE deletion and insertion: pixels in the map's order are set to zero (deletion) or
-    copied onto a blurred image (insertion), ``steps`` equal chunks; the score is read after each
-    chunk and the curves' areas over the fraction of pixels (trapezoid rule) are returned with
-    the curves (steps + 1,). Low deletion and high insertion AUC mean a faithful map."""
+    """RISE deletion and insertion: pixels in the map's order are set to ``fill`` (deletion;
+    ``"zero"`` as in RISE, or the image's ``"mean"`` colour) or copied onto a blurred image
+    (insertion), in ``steps`` equal chunks; the score is read after each chunk and the curves'
+    areas over the fraction of pixels (trapezoid rule) are returned with the curves (steps + 1,).
+    Low deletion and high insertion AUC mean a faithful map."""
     channels, height, width = image.shape
     order = torch.from_numpy(_pixel_order(heatmap, rng).copy())
     bounds = np.linspace(0, height * width, steps + 1).round().astype(int)
     blurred = blur(image)
+    filler = _filler(image, fill)
     deleted, inserted = [], []
     for count in bounds:
         keep = torch.ones(height * width, dtype=image.dtype)
         keep[order[:count]] = 0
         keep = keep.view(1, height, width)
-        deleted.append(image * keep)
+        deleted.append(image * keep + filler * (1 - keep))
         inserted.append(image * (1 - keep) + blurred * keep)
     with torch.no_grad():
         curves = score(torch.stack(deleted + inserted)).numpy()
@@ -109,40 +117,45 @@ def deletion_insertion(
     return float(np.trapezoid(deletion, fractions)), float(np.trapezoid(insertion, fractions)), deletion, insertion
 
 
+_NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6), (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
+
+
 def _neighbour_imputation(image: Tensor, removed: np.ndarray, rng: np.random.Generator, noise: float = 0.01) -> Tensor:
     """Noisy linear imputation (ROAD): each removed pixel becomes the weighted mean of its
-    neighbours (direct 1/6, diagonal 1/12), solved as one sparse linear system over all removed
-    pixels, plus Gaussian noise."""
-    from scipy.sparse import lil_matrix
+    neighbours inside the image (direct 1/6, diagonal 1/12), solved as one sparse linear system
+    over all removed pixels, plus Gaussian noise (std ``noise``)."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import spsolve
 
     height, width = removed.shape
-    index = -np.ones(removed.shape, dtype=np.int64)
     positions = np.argwhere(removed)
-    index[removed] = np.arange(len(positions))
-    if len(positions) == 0:
+    count = len(positions)
+    if count == 0:
         return image.clone()
-    pixels = image.numpy().reshape(image.shape[0], -1)
-    system = lil_matrix((len(positions), len(positions)))
-    right = np.zeros((len(positions), image.shape[0]))
-    neighbours = [(-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6), (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12)]
-    for row, (y, x) in enumerate(positions):
-        total = 0.0
-        for dy, dx, weight in neighbours:
-            ny, nx = y + dy, x + dx
-            if 0 <= ny < height and 0 <= nx < width:
-                total += weight
-                if removed[ny, nx]:
-                    system[row, index[ny, nx]] -= weight
-                else:
-                    right[row] += weight * pixels[:, ny * width + nx]
-        system[row, row] += total
-    solved = spsolve(system.tocsc(), right)
-    solved = solved.reshape(len(positions), -1)
-    result = image.clone().numpy().reshape(image.shape[0], -1)
-    flat = positions[:, 0] * width + positions[:, 1]
-    result[:, flat] = (solved + rng.normal(0, noise, solved.shape)).T
-    return torch.from_numpy(result.reshape(image.shape)).to(image.dtype)
+    index = -np.ones(removed.shape, dtype=np.int64)
+    index[removed] = np.arange(count)
+    pixels = image.numpy().reshape(image.shape[0], height, width)
+    rows, cols, data = [np.arange(count)], [np.arange(count)], []
+    diagonal = np.zeros(count)
+    right = np.zeros((count, image.shape[0]))
+    for dy, dx, weight in _NEIGHBOURS:
+        ny, nx = positions[:, 0] + dy, positions[:, 1] + dx
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        diagonal += weight * inside
+        neighbour_removed = np.zeros(count, dtype=bool)
+        neighbour_removed[inside] = removed[ny[inside], nx[inside]]
+        known = inside & ~neighbour_removed
+        right[known] += weight * pixels[:, ny[known], nx[known]].T
+        unknown = np.flatnonzero(neighbour_removed)
+        rows.append(unknown)
+        cols.append(index[ny[unknown], nx[unknown]])
+        data.append(np.full(unknown.size, -weight))
+    values = np.concatenate([diagonal, *data])
+    system = coo_matrix((values, (np.concatenate(rows), np.concatenate(cols))), shape=(count, count)).tocsc()
+    solved = np.asarray(spsolve(system, right)).reshape(count, -1)
+    result = pixels.copy()
+    result[:, positions[:, 0], positions[:, 1]] = (solved + rng.normal(0, noise, solved.shape)).T
+    return torch.from_numpy(result).to(image.dtype)
 
 
 def road(

@@ -1,0 +1,162 @@
+"""VQA evaluation on plain-background images: do answer maps land on the shape, and are they
+faithful to the model's answer probability?"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..adapters._maps import maps_at_original_size
+from ..adapters.vqa import VQAAdapter
+from ..core.maps import normalize, upsample
+from ..core.methods import METHODS
+from .faithfulness import deletion_insertion, grow_background_mask, occlusion_map, pool_to_grid, rank_correlation, road
+from .pointing import center_map, energy_inside, inside_outside_ratio, pointing_hit, random_map
+from .progress import progress
+
+
+@dataclass(frozen=True)
+class VQAItem:
+    """An image (H, W, 3) uint8, a question, and the ground-truth answer."""
+
+    image: np.ndarray
+    question: str
+    answer: str
+
+
+def _chunks(items: Sequence[VQAItem], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def batch_answer_maps(adapter: VQAAdapter, items: Sequence[VQAItem], methods: Sequence[str]):
+    """For a minibatch, explained from one pass for the PREDICTED answer: the run and, per map
+    name, maps (N, H, W) at the image size (every method, its Guided variant, Guided Backprop)."""
+    run = adapter.run([item.image for item in items], [item.question for item in items], guided=True)
+    sizes = [image.size for image in run.images]
+    maps: dict[str, np.ndarray] = {}
+    backprop = run.record.input_gradients[:, 0].abs().sum(dim=1)  # (N, h, w)
+    maps["guided_backprop"] = np.stack([normalize(upsample(backprop[n], size)).numpy() for n, size in enumerate(sizes)])
+    for method in methods:
+        maps[method] = np.stack([m[0] for m in maps_at_original_size(run.cam, run.record, sizes, method=method)])
+        maps[f"guided_{method}"] = maps[method] * maps["guided_backprop"]
+    return run, maps
+
+
+def answer_grounding(
+    adapter: VQAAdapter,
+    items: Sequence[VQAItem],
+    *,
+    methods: Sequence[str] = tuple(METHODS),
+    batch_size: int = 64,
+    grow: int = 3,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Per map name: ``pointing`` (the predicted answer's map peaks on the shape: pixels far
+    from the background colour, grown by ``grow`` px), ``energy`` and ``inside_outside`` (median)
+    on that mask, over the given items (e.g. questions whose answer is a colour or a shape);
+    plus ``accuracy`` of the model on them under the ``model`` key."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    correct = 0
+    for chunk in progress(list(_chunks(items, batch_size)), "grounding", total=-(-len(items) // batch_size), enabled=show_progress):
+        run, maps = batch_answer_maps(adapter, chunk, methods)
+        predicted = run.record.output.argmax(dim=1).tolist()
+        for n, item in enumerate(chunk):
+            correct += adapter.answers[predicted[n]] == item.answer
+            mask = grow_background_mask(item.image, grow=grow)
+            shape = mask.shape
+            candidates = {name: stack[n] for name, stack in maps.items()}
+            candidates["center"] = center_map(shape)
+            candidates["random"] = random_map(shape, rng)
+            for name, heatmap in candidates.items():
+                values[name]["pointing"].append(float(pointing_hit(heatmap, mask)))
+                values[name]["energy"].append(energy_inside(heatmap, mask))
+                values[name]["inside_outside"].append(inside_outside_ratio(heatmap, mask))
+    results = {name: _summary(metrics) for name, metrics in values.items()}
+    results["model"] = {"accuracy": correct / max(len(items), 1), "n": len(items)}
+    return results
+
+
+def answer_faithfulness(
+    adapter: VQAAdapter,
+    items: Sequence[VQAItem],
+    *,
+    methods: Sequence[str] = tuple(METHODS),
+    batch_size: int = 32,
+    grid: int = 7,
+    steps: int = 16,
+    with_road: bool = True,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Per map name (the methods, Guided Backprop, Guided Grad-CAM and a random map), over the
+    items, for the predicted answer's probability: the paper's
+    ``occlusion_spearman`` (rank correlation of the map pooled to ``grid`` x ``grid`` with the
+    drop in score when each cell is set to zero) and ``occlusion_blur_spearman`` (cells replaced
+    by a blurred copy), ``deletion_auc`` and ``insertion_auc`` (RISE; ``deletion_mean_auc``
+    deletes to the image's mean colour instead of zero), and ROAD's ``road_morf``
+    / ``road_lerf``. Occlusion correlations use the pre-softmax score, as the paper does;
+    deletion, insertion and ROAD the probability. nan correlations (a constant map or no
+    change under occlusion) are left out of the mean and counted in ``n_undefined``."""
+    rng = np.random.default_rng(seed)
+    keep = {*methods, "guided_backprop", "guided_gradcam"}
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for chunk in progress(list(_chunks(items, batch_size)), "faithfulness", total=-(-len(items) // batch_size), enabled=show_progress):
+        run, maps = batch_answer_maps(adapter, chunk, methods)
+        predicted = run.record.output.argmax(dim=1)
+        for n in range(len(chunk)):
+            answer, question = int(predicted[n]), run.question_ids[n : n + 1]
+            image = run.pixels[n]
+
+            def logit(images, answer=answer, question=question):
+                return adapter.scorer.score(images, question.expand(images.shape[0], -1))[:, answer]
+
+            def probability(images, answer=answer, question=question):
+                return adapter.scorer.score(images, question.expand(images.shape[0], -1)).softmax(dim=1)[:, answer]
+
+            occlusions = {fill: occlusion_map(logit, image, grid, fill) for fill in ("zero", "blur")}
+            candidates = {name: _at_input(stack[n], image) for name, stack in maps.items() if name in keep}
+            candidates["random"] = random_map(tuple(image.shape[-2:]), rng)
+            for name, heatmap in candidates.items():
+                pooled = pool_to_grid(heatmap, grid)
+                values[name]["occlusion_spearman"].append(rank_correlation(pooled, occlusions["zero"]))
+                values[name]["occlusion_blur_spearman"].append(rank_correlation(pooled, occlusions["blur"]))
+                deletion, insertion, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, rng=rng)
+                deletion_mean, _, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, fill="mean", rng=rng)
+                values[name]["deletion_auc"].append(deletion)
+                values[name]["deletion_mean_auc"].append(deletion_mean)
+                values[name]["insertion_auc"].append(insertion)
+                if with_road:
+                    morf, lerf = road(probability, image, heatmap, rng=rng)
+                    values[name]["road_morf"].append(morf)
+                    values[name]["road_lerf"].append(lerf)
+    return {name: _summary(metrics) for name, metrics in values.items()}
+
+
+def _at_input(heatmap: np.ndarray, image: torch.Tensor) -> np.ndarray:
+    """A map resized to the model's input size (faithfulness perturbs the model's input)."""
+    size = tuple(image.shape[-2:])
+    if heatmap.shape == size:
+        return heatmap
+    return upsample(torch.from_numpy(heatmap), size).numpy()
+
+
+def _summary(metrics: dict[str, list[float]]) -> dict[str, float]:
+    summary: dict[str, float] = {}
+    for metric, items in metrics.items():
+        array = np.asarray(items, dtype=np.float64)
+        defined = array[~np.isnan(array)]
+        if metric == "inside_outside":
+            summary[metric] = float(np.median(defined)) if defined.size else float("nan")
+        else:
+            summary[metric] = float(defined.mean()) if defined.size else float("nan")
+        if metric.endswith("spearman"):
+            summary[f"n_undefined_{metric}"] = int(array.size - defined.size)
+    summary["n"] = len(next(iter(metrics.values()))) if metrics else 0
+    return summary
