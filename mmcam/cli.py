@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(commands)
     _add_caption(commands)
     _add_vqa(commands)
+    _add_eval(commands)
     _add_demo(commands)
     return parser
 
@@ -95,6 +96,25 @@ def _add_vqa(commands) -> None:
     command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"minibatch size (default {BATCH_SIZE})")
     _add_common(command, "easy-vqa")
     command.set_defaults(run=_run_vqa)
+
+
+def _add_eval(commands) -> None:
+    command = commands.add_parser("eval", help="evaluate explanations: grounding, faithfulness, localization, sanity")
+    evaluations = command.add_subparsers(title="evaluations", parser_class=_Parser, dest="evaluation")
+    for name, help_text in (
+        ("grounding", "per-word (captioner) or per-answer (VQA) pointing against ground truth"),
+        ("faithfulness", "occlusion rank correlation, deletion/insertion AUC, ROAD"),
+    ):
+        sub = evaluations.add_parser(name, help=help_text)
+        sub.add_argument("--model", required=True, help="shipped model: shapes-captioner or easy-vqa")
+        sub.add_argument("--limit", type=_positive_int, help="evaluate at most N scenes / questions")
+        sub.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+        sub.add_argument("--tolerance", type=int, default=6, help="pixels a box grows by for pointing (captioner)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.add_argument("--layer", help=argparse.SUPPRESS)
+        sub.set_defaults(run=_run_eval)
 
 
 def _positive_int(text: str) -> int:
@@ -342,6 +362,27 @@ def _print_caption(record: dict[str, Any]) -> None:
     for word in record["words"]:
         where = f" -> {word['heatmap']}" if word["heatmap"] else ""
         print(f"  {word['word']:<12} logprob {word['logprob']:7.3f}  peak {tuple(word['peak_xy'])}  box {word['bbox']}{where}")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .eval.runner import run_evaluation
+
+    result = run_evaluation(
+        args.evaluation,
+        args.model,
+        limit=args.limit,
+        methods=args.methods,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        show_progress=not args.quiet,
+    )
+    if args.json:
+        emit(result)
+    else:
+        from .eval.runner import markdown
+
+        print(markdown(result))
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

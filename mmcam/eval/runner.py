@@ -1,0 +1,86 @@
+"""One entry point per evaluation, returning the JSON-ready result that ``mmcam eval`` prints:
+``{"eval", "model", "n", "methods": {METHOD: {METRIC: VALUE}}}``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InputError
+from ..registry import load
+
+SUPPORTED = {
+    "grounding": ("shapes-captioner", "easy-vqa"),
+    "faithfulness": ("easy-vqa",),
+}
+
+
+def run_evaluation(
+    evaluation: str,
+    model: str,
+    *,
+    limit: int | None = None,
+    methods: Sequence[str],
+    tolerance: int = 6,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``evaluation`` on a shipped ``model`` and return the result object."""
+    supported = SUPPORTED.get(evaluation, ())
+    if model not in supported:
+        raise InputError(f"'mmcam eval {evaluation}' supports --model {', '.join(supported)}; got {model!r}")
+    adapter = load(model)
+    if evaluation == "grounding" and model == "shapes-captioner":
+        from .datasets import captioner_scenes
+        from .grounding import caption_grounding
+
+        scenes = captioner_scenes(limit)
+        methods_result = caption_grounding(
+            adapter, scenes, tolerance=tolerance, methods=methods, seed=seed, show_progress=show_progress, total=len(scenes)
+        )
+        count = len(scenes)
+    elif evaluation == "grounding":
+        from .answers import answer_grounding
+        from .datasets import easy_vqa_items
+
+        items = easy_vqa_items(adapter.scorer.model.vocab, limit, color_or_shape_only=True)
+        methods_result = answer_grounding(adapter, items, methods=methods, seed=seed, show_progress=show_progress)
+        count = len(items)
+    else:
+        from .answers import answer_faithfulness
+        from .datasets import easy_vqa_items
+
+        items = easy_vqa_items(adapter.scorer.model.vocab, limit or 500)
+        methods_result = answer_faithfulness(adapter, items, methods=methods, seed=seed, show_progress=show_progress)
+        count = len(items)
+    return {"eval": evaluation, "model": model, "n": count, "methods": _json_safe(methods_result)}
+
+
+def _json_safe(value: Any) -> Any:
+    """nan and inf are not JSON: they become null."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as a markdown table: one row per method, one column per metric."""
+    metrics: list[str] = []
+    for scores in result["methods"].values():
+        metrics += [metric for metric in scores if metric not in metrics]
+    header = f"{result['eval']} of {result['model']} (n={result['n']})\n\n"
+    lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, scores in result["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(scores.get(metric)) for metric in metrics) + " |")
+    return header + "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
