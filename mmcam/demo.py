@@ -34,7 +34,51 @@ def _classification_section(out: Path) -> ReportSection:
     )
 
 
-SECTIONS: list[Callable[[Path], ReportSection]] = [_classification_section]
+DEMO_QUESTIONS = ((3, "what color is the shape?"), (11, "what shape is in the image?"), (29, "is there a blue shape?"))
+
+
+def _caption_section(out: Path) -> ReportSection:
+    from .data.scenes import make_split
+
+    adapter = load("shapes-captioner")
+    figures = []
+    for index, scene in enumerate(make_split("test", 3)):
+        explanation = adapter.explain(scene.image)  # generate the caption, then explain each word
+        stem = f"scene{index}"
+        explanation.save(out / "caption", stem)
+        caption = f"generated: '{explanation.info['caption']}' ({explanation.method} on {explanation.layer})"
+        figures += [
+            (f"caption/{stem}_strip.png", caption),
+            (f"caption/{stem}_attention.png", "the model's own attention at each word"),
+            (f"caption/{stem}_guided.png", "Guided Grad-CAM per word"),
+        ]
+    return ReportSection(
+        "Captioning: the shipped shapes-captioner, word by word",
+        figures,
+        text="One heatmap per word, all words from one forward pass; beside them the attention the model used.",
+    )
+
+
+def _vqa_section(out: Path) -> ReportSection:
+    import easy_vqa
+
+    adapter = load("easy-vqa")
+    paths = easy_vqa.get_test_image_paths()
+    images = [paths[image_id] for image_id, _ in DEMO_QUESTIONS]
+    questions = [question for _, question in DEMO_QUESTIONS]
+    figures = []
+    for (image_id, question), explanation in zip(DEMO_QUESTIONS, adapter.explain_batch(images, questions, top=3), strict=True):
+        stem = f"image{image_id}"
+        explanation.save(out / "vqa", stem)
+        figures.append((f"vqa/{stem}_strip.png", f"{question} -> {explanation.info['answer']}: the 3 best answers, question words coloured by attribution"))
+    return ReportSection(
+        "VQA: the shipped easy-VQA model, answer by answer",
+        figures,
+        text="Per answer, where the model looked; per question word, gradient x embedding of the predicted answer's score.",
+    )
+
+
+SECTIONS: list[Callable[[Path], ReportSection]] = [_classification_section, _caption_section, _vqa_section]
 
 
 def run_demo(out: Path) -> Path:

@@ -17,6 +17,7 @@ from .core.localize import localization_box, peak_xy
 from .io import LoadedImage
 from .viz.figure import strip_figure
 from .viz.overlay import guided_image, overlay, save_png
+from .viz.report import ReportSection, write_report
 
 
 @dataclass
@@ -63,10 +64,43 @@ class Explanation:
         """The paper's localization box (15% of max, largest segment) of map ``target``."""
         return localization_box(self.heatmaps[target])
 
+    def titles(self) -> list[str]:
+        """Panel titles: each target's label and its probability (or score)."""
+        probabilities = self.info.get("probabilities")
+        if self.kind == "caption":
+            probabilities = np.exp(self.info["logprobs"]).tolist()
+        if probabilities is None and self.kind == "classify":
+            by_index = {p["index"]: p["probability"] for p in self.info.get("predictions", [])}
+            probabilities = [by_index.get(index) for index in self.indices]
+        probabilities = probabilities or [None] * len(self)
+        return [
+            f"{label}\np={p:.2f}" if p is not None else f"{label}\ny={score:.3g}"
+            for label, p, score in zip(self.labels, probabilities, self.scores, strict=True)
+        ]
+
     def figure(self, titles: list[str] | None = None) -> Figure:
-        """A strip: the image and one overlay per target, titled with the label and score."""
-        titles = titles or [f"{label}\n{score:.3g}" for label, score in zip(self.labels, self.scores)]
-        return strip_figure(self.image.pixels, self.heatmaps, titles, suptitle=self.info.get("title"))
+        """A strip: the image and one overlay per target, titled with the label and its
+        probability; a VQA explanation also shows the question words' attributions."""
+        attributions = self.info.get("word_attributions")
+        words = None
+        if attributions is not None:
+            words = list(zip(self.info["question_words"], np.asarray(attributions[0]).tolist(), strict=True))
+        return strip_figure(
+            self.image.pixels, self.heatmaps, titles or self.titles(), suptitle=self.info.get("title"), word_scores=words
+        )
+
+    def guided_figure(self) -> Figure | None:
+        """The Guided Grad-CAM strip, or None when it was not computed."""
+        if self.guided is None:
+            return None
+        panels = [guided_image(guided) for guided in self.guided]
+        return strip_figure(self.image.pixels, self.heatmaps, self.titles(), suptitle="Guided Grad-CAM", panels=panels)
+
+    def attention_figure(self) -> Figure | None:
+        """The model's own attention per target, or None when the model has none."""
+        if self.attention is None:
+            return None
+        return strip_figure(self.image.pixels, self.attention, self.titles(), suptitle="model attention")
 
     def plot(self, titles: list[str] | None = None) -> Figure:
         """Alias of :meth:`figure`, for notebooks."""
@@ -88,14 +122,26 @@ class Explanation:
                 guided_path = Path(f"{base}_guided.png")
                 paths["guided"] = str(save_png(guided_path, guided_image(self.guided[target])))
             written.append(paths)
-        self.save_figure(directory / f"{stem}_strip.png")
+        figures = [(f"{stem}_strip.png", self.figure())]
+        if self.kind != "classify":
+            figures += [(f"{stem}_{name}.png", figure) for name, figure in (("guided", self.guided_figure()), ("attention", self.attention_figure())) if figure is not None]
+        for name, figure in figures:
+            _save_figure(directory / name, figure)
+        if self.kind != "classify":
+            title = self.info.get("title") or stem
+            section = ReportSection(f"{self.model}: {title}", [(name, f"{self.method} on {self.layer}") for name, _ in figures])
+            write_report(directory / f"{stem}.html", f"mmcam {self.kind}: {stem}", [section])
         return written
 
     def save_figure(self, path: str | os.PathLike) -> Path:
         """Write :meth:`figure` as a PNG, atomically."""
-        buffer = io.BytesIO()
-        self.figure().savefig(buffer, format="png", dpi=100)
-        return write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
+        return _save_figure(path, self.figure())
+
+
+def _save_figure(path: str | os.PathLike, figure: Figure) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return write_atomic(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> Path:
