@@ -94,6 +94,136 @@ def classify(args: argparse.Namespace) -> dict:
     }
 
 
+CAPTION_7 = "a red circle and a blue triangle"
+CAPTION_16 = "a red circle and a blue triangle and a green rectangle and a black circle and a"
+
+
+def _captioner():
+    """The shipped captioner's scorer and a generated test scene, preprocessed."""
+    from mmcam.adapters.shapes_captioner import ShapesCaptionerScorer
+    from mmcam.data.scenes import make_split
+    from models.captioner import load_shapes_captioner
+
+    scorer = ShapesCaptionerScorer(load_shapes_captioner())
+    image = scorer.preprocess(make_split("test", 1)[0].image)[None]
+    return scorer, image
+
+
+class _TeacherForced(torch.nn.Module):
+    """The captioner with a fixed caption, as a module pytorch-grad-cam can call on images:
+    output (N, L, V) log-probs."""
+
+    def __init__(self, scorer, ids: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.scorer, self.ids = scorer.model, scorer, ids
+
+    def forward(self, images):
+        return self.scorer.score(images, self.ids.expand(images.shape[0], -1)).logprobs
+
+
+@section("caption")
+def caption(args: argparse.Namespace) -> dict:
+    """All 7 words of a caption from one pass vs one word vs a per-word loop of
+    pytorch-grad-cam on the same model and layer (the captioner's encoder)."""
+    from pytorch_grad_cam import GradCAM as PeerGradCAM
+
+    from mmcam import GradCAM
+    from mmcam.targets import WordTarget
+
+    scorer, image = _captioner()
+    tokens = scorer.tokenize(CAPTION_7)
+    ids = torch.tensor([tokens.ids])
+    targets = [WordTarget((t,), (tokens.ids[t],)) for t in range(len(tokens.ids))]
+
+    def ours(chosen):
+        with GradCAM(scorer.model, "encoder", forward=scorer.score) as cam:
+            return cam((image, ids), chosen)
+
+    wrapped = _TeacherForced(scorer, ids)
+
+    def peer_loop():
+        with PeerGradCAM(model=wrapped, target_layers=[scorer.model.encoder]) as cam:
+            return [
+                cam(image, targets=[lambda out, t=t: out[t, tokens.ids[t]]]) for t in range(len(tokens.ids))
+            ]
+
+    seconds = {
+        "mmcam_all_words": median_seconds(lambda: ours(targets), args.repeats),
+        "mmcam_one_word": median_seconds(lambda: ours(targets[:1]), args.repeats),
+        "pytorch_grad_cam_per_word_loop": median_seconds(peer_loop, args.repeats),
+    }
+    return {
+        "model": "shapes-captioner",
+        "layer": "encoder",
+        "words": len(targets),
+        "seconds": seconds,
+        "speedup_vs_loop": seconds["pytorch_grad_cam_per_word_loop"] / seconds["mmcam_all_words"],
+        "all_over_one": seconds["mmcam_all_words"] / seconds["mmcam_one_word"],
+    }
+
+
+@section("guided")
+def guided(args: argparse.Namespace) -> dict:
+    """Guided Grad-CAM for a batch of 8 (EfficientNet-Lite0, 224 px, top class): mmcam's
+    batched pass vs pytorch-grad-cam, whose Guided Backprop takes one image at a time."""
+    import warnings
+
+    from pytorch_grad_cam import GradCAM as PeerGradCAM
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from mmcam import guided_gradcam
+    from mmcam.targets import TopClassTarget
+    from models.efficientnet_lite0 import load_efficientnet_lite0
+
+    warnings.filterwarnings("ignore")
+    model = load_efficientnet_lite0()
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 224, 224)
+    with torch.no_grad():
+        top = model(images).argmax(dim=1).tolist()
+
+    def ours():
+        return guided_gradcam(model, images, [TopClassTarget()], layer="bn2")
+
+    def peer():
+        backprop = GuidedBackpropReLUModel(model=model, device="cpu")
+        results = []
+        with PeerGradCAM(model=model, target_layers=[model.bn2]) as cam:
+            maps = cam(images, targets=[ClassifierOutputTarget(index) for index in top])
+        for n in range(len(images)):
+            gradients = backprop(images[n : n + 1], target_category=top[n])  # (H, W, C)
+            results.append(gradients * maps[n][..., None])
+        return results
+
+    seconds = {"mmcam": median_seconds(ours, args.repeats), "pytorch_grad_cam": median_seconds(peer, args.repeats)}
+    return {
+        "model": "efficientnet_lite0",
+        "batch": 8,
+        "seconds": seconds,
+        "speedup_vs_pytorch_grad_cam": seconds["pytorch_grad_cam"] / seconds["mmcam"],
+    }
+
+
+@section("memory")
+def memory(args: argparse.Namespace) -> dict:
+    """Peak resident memory above the loaded model for all words of a 16-word caption: one
+    batched pass vs a per-word loop (each mode in a fresh process; peak reset after setup)."""
+    import subprocess
+
+    probe = Path(__file__).with_name("memory_probe.py")
+    peaks = {}
+    for mode in ("batched", "loop"):
+        result = subprocess.run([sys.executable, str(probe), mode], capture_output=True, text=True, check=True)
+        peaks[mode] = json.loads(result.stdout)["peak_above_setup_mib"]
+    return {
+        "model": "shapes-captioner",
+        "words": 16,
+        "peak_rss_above_setup_mib": peaks,
+        "batched_over_loop": peaks["batched"] / peaks["loop"] if peaks["loop"] else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
