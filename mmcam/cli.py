@@ -104,6 +104,7 @@ def _add_eval(commands) -> None:
     for name, help_text in (
         ("grounding", "per-word (captioner) or per-answer (VQA) pointing against ground truth"),
         ("faithfulness", "occlusion rank correlation, deletion/insertion AUC, ROAD"),
+        ("sanity", "cascading model-parameter randomisation (Adebayo et al. 2018)"),
     ):
         sub = evaluations.add_parser(name, help=help_text)
         sub.add_argument("--model", required=True, help="shipped model: shapes-captioner or easy-vqa")

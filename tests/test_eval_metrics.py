@@ -74,3 +74,56 @@ def test_baselines() -> None:
     assert np.unravel_index(centre.argmax(), SHAPE) in {(19, 29), (19, 30), (20, 29), (20, 30)}
     first, second = random_map(SHAPE, np.random.default_rng(0)), random_map(SHAPE, np.random.default_rng(0))
     assert np.array_equal(first, second) and first.shape == SHAPE and 0 <= first.min() <= first.max() <= 1
+
+
+def test_deletion_auc_of_a_perfect_map_is_below_a_random_maps() -> None:
+    import torch
+
+    from mmcam.eval.faithfulness import deletion_insertion, occlusion_map, pool_to_grid, rank_correlation
+
+    region = torch.zeros(28, 28, dtype=torch.bool)
+    region[4:12, 6:14] = True
+
+    def score(images):  # the evidence the "model" uses: the region's brightness
+        return images[:, :, region].mean(dim=(1, 2))
+
+    image = torch.full((3, 28, 28), 0.5)
+    image[:, region] = 1.0
+    perfect = region.numpy().astype(np.float32)
+    random = random_map((28, 28), np.random.default_rng(0))
+    perfect_deletion, perfect_insertion, curve, _ = deletion_insertion(score, image, perfect, steps=14)
+    random_deletion, random_insertion, _, _ = deletion_insertion(score, image, random, steps=14)
+    assert curve[0] == pytest.approx(1.0) and curve[-1] == pytest.approx(0.0)
+    assert perfect_deletion < 0.1 < random_deletion
+    assert perfect_insertion > random_insertion
+    occlusion = occlusion_map(score, image, grid=7)
+    assert rank_correlation(pool_to_grid(perfect, 7), occlusion) > 0.9
+
+
+def test_randomising_all_layers_changes_gradcam_maps() -> None:
+    import torch
+
+    from conftest import TinyCNN
+    from mmcam import ClassTarget, GradCAM
+    from mmcam.eval.sanity import cascading_randomization, parameter_layers, ssim
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 16, 16)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.model = TinyCNN().eval()
+
+    def maps_of(holder) -> dict[str, np.ndarray]:
+        with GradCAM(holder.model, "relu2") as cam:
+            return {"gradcam": cam(images, [ClassTarget(1)])[:, 0].numpy()}
+
+    holder = Holder()
+    before = {name: value.clone() for name, value in holder.model.state_dict().items()}
+    result = cascading_randomization(holder, maps_of, model_of=lambda h: h.model)["gradcam"]
+    assert result["layers"] == parameter_layers(holder.model) == ["head", "mix", "conv2", "conv1"]
+    assert len(result["randomized_spearman"]) == 4
+    assert result["randomized_ssim"][-1] < 0.9
+    assert all(torch.equal(before[name], value) for name, value in holder.model.state_dict().items())
+    single = maps_of(holder)["gradcam"][0]
+    assert ssim(single, single) == pytest.approx(1.0)

@@ -33,10 +33,14 @@ def _chunks(items: Sequence[VQAItem], size: int):
         yield items[start : start + size]
 
 
-def batch_answer_maps(adapter: VQAAdapter, items: Sequence[VQAItem], methods: Sequence[str]):
-    """For a minibatch, explained from one pass for the PREDICTED answer: the run and, per map
-    name, maps (N, H, W) at the image size (every method, its Guided variant, Guided Backprop)."""
-    run = adapter.run([item.image for item in items], [item.question for item in items], guided=True)
+def batch_answer_maps(
+    adapter: VQAAdapter, items: Sequence[VQAItem], methods: Sequence[str], answers: Sequence[int] | None = None
+):
+    """For a minibatch, explained from one pass for the predicted answer (or the given answer
+    indices): the run and, per map name, maps (N, H, W) at the image size (every method, its
+    Guided variant, Guided Backprop)."""
+    wanted = [[answer] for answer in answers] if answers is not None else None
+    run = adapter.run([item.image for item in items], [item.question for item in items], wanted, guided=True)
     sizes = [image.size for image in run.images]
     maps: dict[str, np.ndarray] = {}
     backprop = run.record.input_gradients[:, 0].abs().sum(dim=1)  # (N, h, w)

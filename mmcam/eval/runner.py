@@ -13,6 +13,7 @@ from ..registry import load
 SUPPORTED = {
     "grounding": ("shapes-captioner", "easy-vqa"),
     "faithfulness": ("easy-vqa",),
+    "sanity": ("shapes-captioner", "easy-vqa"),
 }
 
 
@@ -47,6 +48,8 @@ def run_evaluation(
         items = easy_vqa_items(adapter.scorer.model.vocab, limit, color_or_shape_only=True)
         methods_result = answer_grounding(adapter, items, methods=methods, seed=seed, show_progress=show_progress)
         count = len(items)
+    elif evaluation == "sanity":
+        methods_result, count = _sanity(adapter, model, limit, methods, seed, show_progress)
     else:
         from .answers import answer_faithfulness
         from .datasets import easy_vqa_items
@@ -57,10 +60,33 @@ def run_evaluation(
     return {"eval": evaluation, "model": model, "n": count, "methods": _json_safe(methods_result)}
 
 
+def _sanity(adapter, model: str, limit: int | None, methods: Sequence[str], seed: int, show_progress: bool):
+    from .sanity import captioner_maps, cascading_randomization, vqa_maps
+
+    if model == "shapes-captioner":
+        from .datasets import captioner_scenes
+
+        scenes = captioner_scenes(limit or 20)
+        maps_of, count = captioner_maps(scenes, methods), len(scenes)
+    else:
+        from .answers import batch_answer_maps
+        from .datasets import easy_vqa_items
+
+        items = easy_vqa_items(adapter.scorer.model.vocab, limit or 32, color_or_shape_only=True)
+        run, _ = batch_answer_maps(adapter, items, methods[:1])
+        maps_of, count = vqa_maps(items, methods, run.record.output.argmax(dim=1).tolist()), len(items)
+    result = cascading_randomization(
+        adapter, maps_of, model_of=lambda a: a.scorer.model, seed=seed, show_progress=show_progress
+    )
+    return result, count
+
+
 def _json_safe(value: Any) -> Any:
     """nan and inf are not JSON: they become null."""
     if isinstance(value, dict):
         return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -75,12 +101,16 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| method | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, scores in result["methods"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(scores.get(metric)) for metric in metrics) + " |")
+    if any(isinstance(value, list) for scores in result["methods"].values() for value in scores.values()):
+        lines.append("\nLists: one value per randomisation step, from the output layer down.")
     return header + "\n".join(lines)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):
+        return " ".join(_cell(item) for item in value)
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
