@@ -105,6 +105,7 @@ def _add_eval(commands) -> None:
         ("grounding", "per-word (captioner) or per-answer (VQA) pointing against ground truth"),
         ("faithfulness", "occlusion rank correlation, deletion/insertion AUC, ROAD"),
         ("sanity", "cascading model-parameter randomisation (Adebayo et al. 2018)"),
+        ("localization", "the paper's weakly-supervised localization (15% of max, largest segment, IoU >= 0.5)"),
     ):
         sub = evaluations.add_parser(name, help=help_text)
         sub.add_argument("--model", required=True, help="shipped model: shapes-captioner or easy-vqa")
@@ -115,6 +116,8 @@ def _add_eval(commands) -> None:
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.add_argument("--layer", help=argparse.SUPPRESS)
+        if name == "localization":
+            sub.add_argument("--boxes", help="dataset of images with boxes (JSON lines or CSV) for a classifier")
         sub.set_defaults(run=_run_eval)
 
 
@@ -376,6 +379,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
         show_progress=not args.quiet,
+        boxes=getattr(args, "boxes", None),
     )
     if args.json:
         emit(result)

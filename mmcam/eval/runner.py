@@ -14,6 +14,7 @@ SUPPORTED = {
     "grounding": ("shapes-captioner", "easy-vqa"),
     "faithfulness": ("easy-vqa",),
     "sanity": ("shapes-captioner", "easy-vqa"),
+    "localization": ("shapes-captioner", "efficientnet_lite0", "any classifier with --boxes"),
 }
 
 
@@ -26,9 +27,21 @@ def run_evaluation(
     tolerance: int = 6,
     seed: int = 0,
     show_progress: bool = False,
+    boxes: str | None = None,
 ) -> dict[str, Any]:
     """Run ``evaluation`` on a shipped ``model`` and return the result object."""
     supported = SUPPORTED.get(evaluation, ())
+    if evaluation == "localization" and boxes:
+        from .localization import classifier_localization, read_boxes
+
+        adapter = load(model)
+        if getattr(adapter, "kind", None) != "classify":
+            raise InputError("--boxes localization needs a classifier model")
+        dataset = read_boxes(boxes)
+        result = classifier_localization(adapter, dataset, methods=methods, show_progress=show_progress)
+        return {"eval": evaluation, "model": model, "n": next(iter(result.values()))["n"], "methods": _json_safe(result)}
+    if evaluation == "localization" and model != "shapes-captioner":
+        raise InputError("'mmcam eval localization' needs --boxes FILE for a classifier, or --model shapes-captioner")
     if model not in supported:
         raise InputError(f"'mmcam eval {evaluation}' supports --model {', '.join(supported)}; got {model!r}")
     adapter = load(model)
@@ -48,6 +61,12 @@ def run_evaluation(
         items = easy_vqa_items(adapter.scorer.model.vocab, limit, color_or_shape_only=True)
         methods_result = answer_grounding(adapter, items, methods=methods, seed=seed, show_progress=show_progress)
         count = len(items)
+    elif evaluation == "localization":
+        from .datasets import captioner_scenes
+        from .localization import scene_localization
+
+        scenes = captioner_scenes(limit)
+        methods_result, count = scene_localization(adapter, scenes, methods=methods, show_progress=show_progress), len(scenes)
     elif evaluation == "sanity":
         methods_result, count = _sanity(adapter, model, limit, methods, seed, show_progress)
     else:
