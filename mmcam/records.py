@@ -10,8 +10,9 @@ from .explanation import Explanation
 
 def _place(explanation: Explanation, target: int, heatmap: str | None) -> dict[str, Any]:
     box = explanation.bbox(target)
+    empty = box is None  # an all-zero map has no peak and no box
     return {
-        "peak_xy": list(explanation.peak_xy(target)),
+        "peak_xy": None if empty else list(explanation.peak_xy(target)),
         "bbox": list(box) if box is not None else None,
         "heatmap": heatmap,
     }
