@@ -127,20 +127,30 @@ def answer_faithfulness(
             occlusions = {fill: occlusion_map(logit, image, grid, fill) for fill in ("zero", "blur")}
             candidates = {name: _at_input(stack[n], image) for name, stack in maps.items() if name in keep}
             candidates["random"] = random_map(tuple(image.shape[-2:]), rng)
+            scored: dict[bytes, dict[str, float]] = {}  # identical maps (e.g. Grad-CAM = HiResCAM) are scored once
             for name, heatmap in candidates.items():
-                pooled = pool_to_grid(heatmap, grid)
-                values[name]["occlusion_spearman"].append(rank_correlation(pooled, occlusions["zero"]))
-                values[name]["occlusion_blur_spearman"].append(rank_correlation(pooled, occlusions["blur"]))
-                deletion, insertion, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, rng=rng)
-                deletion_mean, _, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, fill="mean", rng=rng)
-                values[name]["deletion_auc"].append(deletion)
-                values[name]["deletion_mean_auc"].append(deletion_mean)
-                values[name]["insertion_auc"].append(insertion)
-                if with_road:
-                    morf, lerf = road(probability, image, heatmap, rng=rng)
-                    values[name]["road_morf"].append(morf)
-                    values[name]["road_lerf"].append(lerf)
+                key = np.ascontiguousarray(heatmap, dtype=np.float32).tobytes()
+                if key not in scored:
+                    scored[key] = _faithfulness_scores(logit, probability, image, heatmap, occlusions, grid, steps, with_road, rng)
+                for metric, value in scored[key].items():
+                    values[name][metric].append(value)
     return {name: _summary(metrics) for name, metrics in values.items()}
+
+
+def _faithfulness_scores(logit, probability, image, heatmap, occlusions, grid, steps, with_road, rng) -> dict[str, float]:
+    pooled = pool_to_grid(heatmap, grid)
+    deletion, insertion, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, rng=rng)
+    deletion_mean, _, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, fill="mean", insertion=False, rng=rng)
+    scores = {
+        "occlusion_spearman": rank_correlation(pooled, occlusions["zero"]),
+        "occlusion_blur_spearman": rank_correlation(pooled, occlusions["blur"]),
+        "deletion_auc": deletion,
+        "deletion_mean_auc": deletion_mean,
+        "insertion_auc": insertion,
+    }
+    if with_road:
+        scores["road_morf"], scores["road_lerf"] = road(probability, image, heatmap, rng=rng)
+    return scores
 
 
 def _at_input(heatmap: np.ndarray, image: torch.Tensor) -> np.ndarray:

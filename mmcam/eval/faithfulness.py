@@ -91,13 +91,15 @@ def deletion_insertion(
     *,
     steps: int = 16,
     fill: str = "zero",
+    insertion: bool = True,
     rng: np.random.Generator | None = None,
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """RISE deletion and insertion: pixels in the map's order are set to ``fill`` (deletion;
     ``"zero"`` as in RISE, or the image's ``"mean"`` colour) or copied onto a blurred image
     (insertion), in ``steps`` equal chunks; the score is read after each chunk and the curves'
     areas over the fraction of pixels (trapezoid rule) are returned with the curves (steps + 1,).
-    Low deletion and high insertion AUC mean a faithful map."""
+    Low deletion and high insertion AUC mean a faithful map. With ``insertion=False`` only the
+    deletion curve is scored (the insertion AUC is nan)."""
     channels, height, width = image.shape
     order = torch.from_numpy(_pixel_order(heatmap, rng).copy())
     bounds = np.linspace(0, height * width, steps + 1).round().astype(int)
@@ -109,12 +111,14 @@ def deletion_insertion(
         keep[order[:count]] = 0
         keep = keep.view(1, height, width)
         deleted.append(image * keep + filler * (1 - keep))
-        inserted.append(image * (1 - keep) + blurred * keep)
+        if insertion:
+            inserted.append(image * (1 - keep) + blurred * keep)
     with torch.no_grad():
         curves = score(torch.stack(deleted + inserted)).numpy()
-    deletion, insertion = curves[: steps + 1], curves[steps + 1 :]
+    deletion_curve, insertion_curve = curves[: steps + 1], curves[steps + 1 :]
     fractions = bounds / (height * width)
-    return float(np.trapezoid(deletion, fractions)), float(np.trapezoid(insertion, fractions)), deletion, insertion
+    insertion_auc = float(np.trapezoid(insertion_curve, fractions)) if insertion else float("nan")
+    return float(np.trapezoid(deletion_curve, fractions)), insertion_auc, deletion_curve, insertion_curve
 
 
 _NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6), (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
