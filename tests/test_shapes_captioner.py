@@ -9,7 +9,7 @@ import torch
 from mmcam.data.scenes import Scene, make_split
 from models.captioner import DEFAULT_WEIGHTS, ShapesCaptioner, load_shapes_captioner, save_shapes_captioner
 
-N_EXACT = 20  # the first test-split scenes, all captioned exactly by the shipped weights
+N_EXACT = 40  # the first test-split scenes, all captioned exactly by the shipped weights (scene 46 is not)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,28 @@ def test_beam_search_scores_at_least_greedy(model: ShapesCaptioner, images: torc
         greedy_total = sequence_logprobs(model, image, greedy_ids).sum()
         beam_total = sequence_logprobs(model, image, beam_ids).sum()
         assert beam_total >= greedy_total - 1e-6
+
+
+def test_attention_for_colour_and_shape_words_peaks_on_their_object(
+    model: ShapesCaptioner, scenes: list[Scene], images: torch.Tensor
+) -> None:
+    """The attention used to predict a colour or shape word peaks within a cell (8 px) of the
+    named object's box for 136 of the 146 such words here; demand at least 90%."""
+    hits = named = 0
+    for scene, image in zip(scenes, images, strict=True):
+        tokens = torch.tensor([[model.start_id, *model.encode_words(scene.words)]])
+        with torch.no_grad():
+            _, attention = model(image[None], tokens)
+        for step, object_index in enumerate(scene.word_objects):  # step t predicts words[t]
+            if object_index is None:
+                continue
+            row, col = divmod(int(attention[0, step].argmax()), 16)
+            centre_x, centre_y = col * 8 + 3.5, row * 8 + 3.5  # cell centre in pixels
+            x0, y0, x1, y1 = scene.objects[object_index].box
+            hits += x0 - 8 <= centre_x <= x1 + 8 and y0 - 8 <= centre_y <= y1 + 8
+            named += 1
+    assert named == 146
+    assert hits / named >= 0.9
 
 
 def test_eval_outputs_are_deterministic(model: ShapesCaptioner, images: torch.Tensor) -> None:
