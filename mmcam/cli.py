@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .adapters._maps import ALL_METHODS
 from .core.methods import METHODS
 from .io import InputError, LoadedImage, load_image
 
@@ -60,7 +61,7 @@ def _add_common(command: argparse.ArgumentParser, default_model: str) -> None:
     command.add_argument("--model", default=default_model, help=f"shipped model, timm/torchvision name or hf:PATH (default {default_model})")
     command.add_argument("--weights", help="local state-dict file for a timm/torchvision model")
     command.add_argument("--layer", help="layer to hook (dotted name); default: the model's last conv stage")
-    command.add_argument("--method", choices=list(METHODS), help="CAM method")
+    command.add_argument("--method", choices=list(ALL_METHODS), help="CAM method (guided_X: X times |Guided Backprop|); default: the model's")
     command.add_argument("--out", help="directory for .npy maps, overlays and Guided Grad-CAM PNGs")
     command.add_argument("--json", action="store_true", help="print one JSON object per image")
 

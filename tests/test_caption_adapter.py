@@ -93,3 +93,17 @@ def test_caption_explanation_leaves_the_model_unchanged(adapter, scene) -> None:
     adapter.explain(scene.image, "a red circle and a blue triangle")
     assert_same_state(before, model_state(model))
     model.eval()
+
+
+def test_guided_method_is_the_base_map_times_guided_backprop_magnitude(adapter, scene) -> None:
+    guided = adapter.explain(scene.image, "a red circle", method="guided_hirescam")
+    plain = adapter.explain(scene.image, "a red circle", method="hirescam")
+    magnitude = np.abs(plain.guided / np.where(plain.heatmaps == 0, 1, plain.heatmaps)[..., None]).sum(axis=-1)
+    expected = plain.heatmaps * magnitude
+    peak = expected.max(axis=(1, 2), keepdims=True)
+    nonzero = plain.heatmaps > 1e-3
+    np.testing.assert_allclose(guided.heatmaps[nonzero], (expected / peak)[nonzero], rtol=1e-3, atol=1e-5)
+    assert guided.method == "guided_hirescam"
+    np.testing.assert_allclose(guided.guided, plain.guided, rtol=1e-5, atol=1e-8)  # Guided Grad-CAM images use the base map
+    with pytest.raises(InputError, match="unknown method 'guided_foo'; choose one of: gradcam"):
+        adapter.explain(scene.image, "a red circle", method="guided_foo")

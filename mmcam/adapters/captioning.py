@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..targets import CaptionScores, WordContrastTarget, WordTarget
-from ._maps import guided_at_original_size, maps_at_original_size
+from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 SCORES = ("logprob", "logit")
 
@@ -85,7 +85,7 @@ class CaptionAdapter:
 
     @property
     def layer_name(self) -> str:
-        return self._cam(self.default_method).layer_name
+        return self._cam(split_method(self.default_method)[0]).layer_name
 
     def _cam(self, method: str) -> GradCAM:
         return GradCAM(
@@ -124,6 +124,8 @@ class CaptionAdapter:
         methods' maps from the same gradients (evaluation)."""
         if score not in SCORES:
             raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
+        method = method or self.default_method
+        base_method, guided_method = split_method(method)
         loaded = load_image(image)
         images = self.scorer.preprocess(loaded.pixels)[None]
         tokens = self.caption_tokens(loaded, caption, beam_size)
@@ -138,10 +140,10 @@ class CaptionAdapter:
         word_count = len(targets)
         if contrast:
             targets += [WordContrastTarget(tokens.spans[w][0], tokens.ids[tokens.spans[w][0]]) for w in chosen]
-        cam = self._cam(method or self.default_method)
+        cam = self._cam(base_method)
         ids = torch.tensor([tokens.ids], dtype=torch.long)
-        record = cam.gradients((images, ids), targets, guided=guided)
-        return CaptionRun(cam, record, tokens, loaded, chosen, labels, word_count)
+        record = cam.gradients((images, ids), targets, guided=guided or guided_method)
+        return CaptionRun(cam, record, tokens, loaded, chosen, labels, word_count, method)
 
     def explain(
         self,
@@ -171,10 +173,10 @@ class CaptionAdapter:
         )
         cam, record, tokens, loaded, count = run.cam, run.record, run.tokens, run.image, run.word_count
         size = [loaded.size]
-        all_maps = maps_at_original_size(cam, record, size)[0]
+        all_maps = maps_at_original_size(cam, record, size, method=run.method)[0]
         heatmaps = all_maps[:count]
-        counter = maps_at_original_size(cam, record, size, counterfactual=True)[0][:count] if counterfactual else None
-        guided_maps = guided_at_original_size(record, [all_maps])[0][:count] if guided else None
+        counter = maps_at_original_size(cam, record, size, method=run.method, counterfactual=True)[0][:count] if counterfactual else None
+        guided_maps = guided_at_original_size(cam, record, size, method=run.method)[0][:count] if guided else None
         output: CaptionScores = record.output
         spans = [tokens.spans[w] for w in run.chosen]
         if whole_caption:
@@ -189,7 +191,7 @@ class CaptionAdapter:
             image=loaded,
             model=self.name,
             layer=cam.layer_name,
-            method=cam.method,
+            method=run.method,
             labels=run.labels,
             indices=[*run.chosen, *([-1] if whole_caption else [])],
             scores=record.scores[0, :count].numpy(),
@@ -205,7 +207,8 @@ class CaptionAdapter:
 class CaptionRun:
     """One forward and backward pass over a caption: the engine, its record (targets: the
     chosen words, then the whole caption if asked, then the contrasts), the caption's tokens,
-    the image, the chosen word positions, the labels and how many targets are words."""
+    the image, the chosen word positions, the labels, how many targets are words, and the
+    method asked for (``guided_`` variants included)."""
 
     cam: GradCAM
     record: GradientRecord
@@ -214,6 +217,7 @@ class CaptionRun:
     chosen: list[int]
     labels: list[str]
     word_count: int
+    method: str
 
 
 def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> list[int]:

@@ -15,7 +15,7 @@ from ..core.layers import LayerSpec
 from ..explanation import Explanation
 from ..io import ImageLike, InputError, load_image, to_tensor
 from ..targets import ClassTarget, TopClassTarget
-from ._maps import guided_at_original_size, maps_at_original_size
+from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 ClassRef = int | str
 
@@ -80,14 +80,16 @@ class ClassifierAdapter:
         every image, all from one forward pass over the batch."""
         loaded = [load_image(image) for image in images]
         method = method or self.default_method
+        base_method, guided_method = split_method(method)
+        guided = guided or guided_method
         indices = [self.class_index(target) for target in targets] if targets else None
         target_fns = [ClassTarget(index) for index in indices] if indices else [TopClassTarget(0)]
-        with GradCAM(self.model, self.layer, method=method) as cam:
+        with GradCAM(self.model, self.layer, method=base_method) as cam:
             record = cam.gradients(self.preprocess([item.pixels for item in loaded]), target_fns, guided=guided)
             sizes = [item.size for item in loaded]
-            heatmaps = maps_at_original_size(cam, record, sizes)
-            counter = maps_at_original_size(cam, record, sizes, counterfactual=True) if counterfactual else None
-        guided_maps = guided_at_original_size(record, heatmaps) if guided else None
+            heatmaps = maps_at_original_size(cam, record, sizes, method=method)
+            counter = maps_at_original_size(cam, record, sizes, method=method, counterfactual=True) if counterfactual else None
+        guided_maps = guided_at_original_size(cam, record, sizes, method=method) if guided else None
         logits = record.output if isinstance(record.output, torch.Tensor) else record.output[0]
         probabilities = logits.softmax(dim=1)
         results = []

@@ -23,16 +23,20 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..targets import ChosenClassTarget, ContrastTarget
-from ._maps import guided_at_original_size, maps_at_original_size
+from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 
 @dataclass(frozen=True)
 class QuestionTokens:
-    """A question as the model reads it: its words, their ids, and the words it does not know."""
+    """A question as the model reads it: its words, their ids, and the words it does not know.
+
+    ``spans[w]`` are the positions in ``ids`` of word w's tokens, for subword tokenizers; None
+    when word w is token w."""
 
     words: tuple[str, ...]
     ids: tuple[int, ...]
     unknown: tuple[str, ...] = ()
+    spans: tuple[tuple[int, ...], ...] | None = None
 
 
 @runtime_checkable
@@ -137,10 +141,13 @@ class VQAAdapter:
         ]
         if contrast:
             targets.append(ContrastTarget(self.answer_index(contrast[0]), self.answer_index(contrast[1])))
+        method = method or self.default_method
+        base_method, guided_method = split_method(method)
+        guided = guided or guided_method
         cam = GradCAM(
             self.scorer.model,
             self.scorer.layer,
-            method=method or self.default_method,
+            method=base_method,
             reshape=self.scorer.reshape,
             forward=self.scorer.score,
             extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
@@ -148,7 +155,7 @@ class VQAAdapter:
         batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
         question_ids = self.scorer.collate(tokens)
         record = cam.gradients((batch, question_ids), targets, guided=guided)
-        return VQARun(cam, record, loaded, tokens, wanted, count, batch, question_ids)
+        return VQARun(cam, record, loaded, tokens, wanted, count, batch, question_ids, method)
 
     def explain_batch(
         self,
@@ -170,13 +177,15 @@ class VQAAdapter:
         """
         run = self.run(images, questions, answers, top=top, method=method, guided=guided, contrast=contrast)
         cam, record, loaded, tokens, wanted, count = run.cam, run.record, run.images, run.questions, run.wanted, run.count
-        method = cam.method
+        method = run.method
         sizes = [item.size for item in loaded]
-        maps = maps_at_original_size(cam, record, sizes)
-        counter = maps_at_original_size(cam, record, sizes, counterfactual=True) if counterfactual else None
-        guided_maps = guided_at_original_size(record, maps) if guided else None
+        maps = maps_at_original_size(cam, record, sizes, method=method)
+        counter = maps_at_original_size(cam, record, sizes, method=method, counterfactual=True) if counterfactual else None
+        guided_maps = guided_at_original_size(cam, record, sizes, method=method) if guided else None
         logits = record.output
-        probabilities = logits.softmax(dim=1)
+        # a scorer whose scores are log-probs of generated answers says how they become probabilities
+        own_probabilities = getattr(self.scorer, "probabilities", None)
+        probabilities = own_probabilities(logits) if own_probabilities else logits.softmax(dim=1)
         attributions = word_attributions(record, self.scorer.embedding_layer)
         results = []
         for n, item in enumerate(loaded):
@@ -195,7 +204,7 @@ class VQAAdapter:
                 "title": questions[n],
             }
             if attributions is not None:
-                info["word_attributions"] = attributions[n, :count, : len(tokens[n].words)]
+                info["word_attributions"] = per_word(attributions[n, :count], tokens[n])
             if contrast:
                 info["contrast"] = maps[n][count:]
             results.append(
@@ -231,6 +240,15 @@ class VQARun:
     count: int
     pixels: Tensor
     question_ids: Tensor
+    method: str
+
+
+def per_word(attributions: np.ndarray, question: QuestionTokens) -> np.ndarray:
+    """Token attributions (T, L) -> word attributions (T, words): a word's is the sum of its
+    tokens' (exact for gradient x embedding, which is a sum over positions)."""
+    if question.spans is None:
+        return attributions[:, : len(question.words)]
+    return np.stack([attributions[:, list(span)].sum(axis=1) for span in question.spans], axis=1)
 
 
 def word_attributions(record, embedding_layer: str | None) -> np.ndarray | None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..adapters._maps import maps_at_original_size
+from ..adapters._maps import GUIDED_PREFIX, guided_backprop_at_original_size, maps_at_original_size
 from ..adapters.vqa import VQAAdapter
-from ..core.maps import normalize, upsample
+from ..core.maps import upsample
 from ..core.methods import METHODS
 from .faithfulness import deletion_insertion, grow_background_mask, occlusion_map, pool_to_grid, rank_correlation, road
 from .pointing import center_map, energy_inside, inside_outside_ratio, pointing_hit, random_map
@@ -42,12 +42,10 @@ def batch_answer_maps(
     wanted = [[answer] for answer in answers] if answers is not None else None
     run = adapter.run([item.image for item in items], [item.question for item in items], wanted, guided=True)
     sizes = [image.size for image in run.images]
-    maps: dict[str, np.ndarray] = {}
-    backprop = run.record.input_gradients[:, 0].abs().sum(dim=1)  # (N, h, w)
-    maps["guided_backprop"] = np.stack([normalize(upsample(backprop[n], size)).numpy() for n, size in enumerate(sizes)])
+    maps: dict[str, np.ndarray] = {"guided_backprop": np.stack([m[0] for m in guided_backprop_at_original_size(run.record, sizes)])}
     for method in methods:
-        maps[method] = np.stack([m[0] for m in maps_at_original_size(run.cam, run.record, sizes, method=method)])
-        maps[f"guided_{method}"] = maps[method] * maps["guided_backprop"]
+        for name in (method, GUIDED_PREFIX + method):
+            maps[name] = np.stack([m[0] for m in maps_at_original_size(run.cam, run.record, sizes, method=name)])
     return run, maps
 
 

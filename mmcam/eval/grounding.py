@@ -12,9 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..adapters._maps import maps_at_original_size
+from ..adapters._maps import GUIDED_PREFIX, guided_backprop_at_original_size, maps_at_original_size
 from ..adapters.captioning import CaptionAdapter, attention_maps
-from ..core.maps import normalize, upsample
 from ..core.methods import METHODS
 from ..data.scenes import Scene, word_kind
 from .pointing import (
@@ -40,13 +39,10 @@ def scene_word_maps(adapter: CaptionAdapter, scene: Scene, methods: Sequence[str
     positions = [w for w, obj in enumerate(scene.word_objects) if obj is not None]
     run = adapter.run(scene.image, scene.caption, words=positions, guided=True, contrast=False)
     size = [run.image.size]
-    maps: dict[str, np.ndarray] = {}
-    backprop = run.record.input_gradients[0].abs().sum(dim=1)  # (T, h, w) |Guided Backprop|
-    backprop = normalize(upsample(backprop, run.image.size)).numpy()
-    maps["guided_backprop"] = backprop
+    maps: dict[str, np.ndarray] = {"guided_backprop": guided_backprop_at_original_size(run.record, size)[0]}
     for method in methods:
-        maps[method] = maps_at_original_size(run.cam, run.record, size, method=method)[0]
-        maps[f"guided_{method}"] = maps[method] * backprop
+        for name in (method, GUIDED_PREFIX + method):
+            maps[name] = maps_at_original_size(run.cam, run.record, size, method=name)[0]
     attention = attention_maps(run.record.output, [run.tokens.spans[w] for w in positions], run.image.size)
     if attention is not None:
         maps["attention"] = attention

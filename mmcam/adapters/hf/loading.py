@@ -1,0 +1,243 @@
+"""``mmcam.load("hf:ID_OR_PATH")``: a transformers checkpoint folder -> a caption or VQA adapter.
+
+The folder is what ``save_pretrained`` writes for the model and for its processor (or image
+processor and tokenizer). Nothing is downloaded: a model id is looked up in the local Hugging
+Face cache only. ``config.architectures`` picks the family below; each family knows its default
+layer, the tokens that precede the text and how the logits line up with the words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ...core import resolve_layer
+from ...errors import InputError
+from ..captioning import CaptionAdapter
+from ..vqa import VQAAdapter
+from .captioning import TransformersCaptioner
+from .encoders import TOKEN_ENCODERS, as_token_encoder
+from .layout import PatchTokens
+from .preprocess import ImageSettings
+from .vqa import BlipAnswerScorer, GenerativeVQAAdapter, ViltScorer
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to explain one transformers class: its task, its default layer (a dotted name; the
+    last block of the list named, for ``.-1``) and the function that builds its adapter."""
+
+    task: str
+    default_layer: str
+    build: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint read from its folder: the model (eval mode), tokenizer, image settings."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    image: ImageSettings
+
+
+def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQAAdapter:
+    """The adapter for the transformers checkpoint ``id_or_path`` (a local folder or a model id
+    already in the local Hugging Face cache), hooking ``layer`` or the family's default."""
+    folder = resolve_folder(id_or_path)
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    architecture = next(iter(getattr(config, "architectures", None) or []), None)
+    family = FAMILIES.get(architecture or "")
+    if family is None:
+        raise InputError(
+            f"hf:{id_or_path} is a {architecture or config.model_type} model, which mmcam does not "
+            f"explain; supported: {', '.join(FAMILIES)}"
+        )
+    with _quiet_loading():
+        model = _load_model(getattr(transformers, architecture), folder, config)
+        tokenizer = _load_part(transformers.AutoTokenizer, folder, "tokenizer")
+        image_processor = _load_part(transformers.AutoImageProcessor, folder, "image processor")
+    vision = getattr(config, "vision_config", None) or getattr(config, "encoder", None) or config
+    image = ImageSettings.from_processor(image_processor, getattr(vision, "image_size", None))
+    loaded = Loaded(f"hf:{id_or_path}", model, tokenizer, image)
+    chosen = layer or _default_layer(model, family.default_layer)
+    resolve_layer(model, chosen)  # an unknown layer fails here, with candidates
+    return family.build(loaded, chosen)
+
+
+def resolve_folder(id_or_path: str) -> Path:
+    """The local folder of ``id_or_path``: the folder itself, or the model id's snapshot in the
+    local Hugging Face cache. Anything else is an :class:`InputError`, and nothing is fetched."""
+    path = Path(id_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(
+                f"{path} has no config.json; save the model there with model.save_pretrained(folder) "
+                "and its processor with processor.save_pretrained(folder)"
+            )
+        return path
+    if path.exists():
+        raise InputError(f"hf:{id_or_path} is a file; give the folder that save_pretrained wrote")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(str(id_or_path), local_files_only=True))
+    except Exception:  # not cached, or not a valid model id: either way it is not here
+        snapshot = None
+    if snapshot is None or not (snapshot / "config.json").is_file():
+        raise InputError(
+            f"model {id_or_path!r} is not available offline: it is neither a local folder nor in the "
+            "local Hugging Face cache, and mmcam downloads nothing; on a machine with internet, save it "
+            "with model.save_pretrained(FOLDER) and processor.save_pretrained(FOLDER), then pass "
+            "hf:/path/to/FOLDER"
+        )
+    return snapshot
+
+
+def _load_model(model_class: type, folder: Path, config: Any) -> nn.Module:
+    encoder = getattr(config, "encoder", None)
+    convolutional = getattr(encoder, "model_type", None) in TOKEN_ENCODERS
+    if convolutional and not hasattr(encoder, "hidden_size"):
+        encoder.hidden_size = encoder.hidden_sizes[-1]  # what VisionEncoderDecoderModel reads
+    try:
+        model = model_class.from_pretrained(folder, config=config, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"cannot load the model in {folder}: {first}") from None
+    if convolutional:
+        model.encoder = as_token_encoder(model.encoder)
+    return model.eval()
+
+
+def _load_part(auto_class: Any, folder: Path, what: str) -> Any:
+    try:
+        return auto_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            f"{folder} has no readable {what} ({first}); save it into the same folder with "
+            "processor.save_pretrained(folder)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No weight-loading progress bars (they would interleave with the CLI's output)."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+def _default_layer(model: nn.Module, spec: str) -> str:
+    """``spec`` with a trailing ``.-1`` resolved to the last block's index, so records name it;
+    alternatives separated by ``|`` are tried in order."""
+    for candidate in spec.split("|"):
+        container, _, index = candidate.rpartition(".")
+        if index != "-1":
+            with contextlib.suppress(InputError):
+                return resolve_layer(model, candidate)[0]
+            continue
+        with contextlib.suppress(InputError):
+            blocks = resolve_layer(model, container)[1]
+            if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks):
+                return f"{container}.{len(blocks) - 1}"
+    raise InputError(f"no layer {spec!r} in {type(model).__name__}; pass --layer with a dotted name")
+
+
+def _end_ids(*values: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    for value in values:
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    return tuple(ids)
+
+
+def _first_id(what: str, *values: Any) -> int:
+    for value in values:
+        if value is not None:
+            return int(value)
+    raise InputError(f"the checkpoint's config sets no {what}; set it in config.json / generation_config.json")
+
+
+def _captioner(loaded: Loaded, layer: str, prefix: int, end_ids: tuple[int, ...], text_argument: str = "input_ids") -> CaptionAdapter:
+    scorer = TransformersCaptioner(
+        loaded.name,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.image,
+        layer,
+        PatchTokens(loaded.image.size),
+        prefix=(prefix,),
+        end_ids=end_ids,
+        text_argument=text_argument,
+    )
+    return CaptionAdapter(scorer)
+
+
+def _blip_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
+    """BLIP: the caption follows the text decoder's bos; logits row t scores caption token t;
+    ``generate`` starts with the bos and stops at [SEP]."""
+    text = loaded.model.config.text_config
+    return _captioner(loaded, layer, _first_id("text_config.bos_token_id", text.bos_token_id), _end_ids(text.sep_token_id))
+
+
+def _git_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
+    """GIT: the caption follows [CLS] (the bos); the logits begin with one row per image token."""
+    config, generation = loaded.model.config, loaded.model.generation_config
+    bos = _first_id("bos_token_id", generation.bos_token_id, config.bos_token_id)
+    return _captioner(loaded, layer, bos, _end_ids(generation.eos_token_id, config.eos_token_id))
+
+
+def _encoder_decoder_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
+    """VisionEncoderDecoderModel: the decoder reads its start token, then the caption."""
+    config, generation = loaded.model.config, loaded.model.generation_config
+    start = _first_id("decoder_start_token_id", generation.decoder_start_token_id, config.decoder_start_token_id)
+    ends = _end_ids(generation.eos_token_id, config.eos_token_id, config.decoder.eos_token_id)
+    return _captioner(loaded, layer, start, ends, text_argument="decoder_input_ids")
+
+
+def _vilt_answers(loaded: Loaded, layer: str) -> VQAAdapter:
+    config = loaded.model.config
+    answers = [str(config.id2label[index]) for index in range(config.num_labels)]
+    scorer = ViltScorer(
+        loaded.model, loaded.tokenizer, loaded.image, config.max_position_embeddings,
+        name=loaded.name, answers=answers, layer=layer, reshape=PatchTokens(loaded.image.size),
+    )
+    return VQAAdapter(scorer)
+
+
+def _blip_answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
+    text = loaded.model.config.text_config
+    scorer = BlipAnswerScorer(
+        loaded.model, loaded.tokenizer, loaded.image, text.max_position_embeddings,
+        name=loaded.name, layer=layer, reshape=PatchTokens(loaded.image.size),
+        bos_id=_first_id("text_config.bos_token_id", text.bos_token_id),
+        end_id=_first_id("text_config.sep_token_id", text.sep_token_id),
+    )
+    return GenerativeVQAAdapter(scorer)
+
+
+_CNN_OR_VIT = "encoder.encoder.stages.-1|encoder.layers.-1|encoder.encoder.layers.-1|encoder.encoder.layer.-1"
+
+FAMILIES: dict[str, Family] = {
+    "BlipForConditionalGeneration": Family("caption", "vision_model.encoder.layers.-1", _blip_captioner),
+    "GitForCausalLM": Family("caption", "git.image_encoder.vision_model.encoder.layers.-1", _git_captioner),
+    "VisionEncoderDecoderModel": Family("caption", _CNN_OR_VIT, _encoder_decoder_captioner),
+    "BlipForQuestionAnswering": Family("vqa", "vision_model.encoder.layers.-1", _blip_answers),
+    "ViltForQuestionAnswering": Family("vqa", "vilt.embeddings.patch_embeddings.projection", _vilt_answers),
+}
