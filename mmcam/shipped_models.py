@@ -45,8 +45,11 @@ def _shapes_captioner(layer: str | None = None):
     return CaptionAdapter(scorer, default_method=CAPTION_DEFAULT_METHOD)
 
 
-# Chosen by measurement: answer-map pointing on the easy-VQA test split (docs/RESULTS.md).
-VQA_DEFAULT_METHOD = "gradcam"
+# Chosen by measurement (docs/RESULTS.md): on easy-VQA's colour/shape questions Guided Grad-CAM
+# points at the shape for 100% (Grad-CAM 97.4%), has the highest occlusion rank correlation
+# (0.606), and its similarity falls when the answer layer is randomised (Spearman 0.56; Guided
+# Backprop 0.92, Grad-CAM++ 0.91 and LayerCAM 0.90 barely move).
+VQA_DEFAULT_METHOD = "guided_gradcam"
 
 
 @shipped("easy-vqa")
