@@ -78,28 +78,29 @@ def run_batch(
     Returns 1 if any item failed, else 0."""
     failed = False
     for group in _chunks(list(zip(items, stems, strict=True)), chunk):
+        records: list[dict[str, Any]] = [{} for _ in group]  # emitted in the items' order
         pending = []
-        for item, stem in group:
+        for position, (item, stem) in enumerate(group):
             saved = out / f"{stem}.json" if out else None
             if item.error:
                 failed = True
-                emit({"image": item.image, "error": item.error})
+                records[position] = {"image": item.image, "error": item.error}
             elif resume and saved is not None and saved.is_file():
-                emit(json.loads(saved.read_text()))
+                records[position] = json.loads(saved.read_text())
             else:
-                pending.append((item, stem))
-        if not pending:
-            continue
-        results = explain([item for item, _ in pending], [stem for _, stem in pending])
-        for (item, stem), result in zip(pending, results, strict=True):
+                pending.append((position, item, stem))
+        results = explain([item for _, item, _ in pending], [stem for _, _, stem in pending]) if pending else []
+        for (position, item, stem), result in zip(pending, results, strict=True):
             if isinstance(result, Exception):
                 failed = True
-                emit({"image": item.image, "error": _one_line(result)})
+                records[position] = {"image": item.image, "error": _one_line(result)}
                 continue
             if out is not None:
                 data = (json.dumps(result) + "\n").encode()
                 write_atomic(out / f"{stem}.json", lambda handle, data=data: handle.write(data))
-            emit(result)
+            records[position] = result
+        for record in records:
+            emit(record)
     return 1 if failed else 0
 
 

@@ -117,6 +117,8 @@ def _add_eval(commands) -> None:
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.add_argument("--layer", help=argparse.SUPPRESS)
+        if name == "faithfulness":
+            sub.add_argument("--no-road", action="store_true", help="skip ROAD (its imputation is the slowest part)")
         if name == "localization":
             sub.add_argument("--boxes", help="dataset of images with boxes (JSON lines or CSV) for a classifier")
         sub.set_defaults(run=_run_eval)
@@ -246,7 +248,7 @@ def _run_caption(args: argparse.Namespace) -> int:
         for item, stem in zip(batch, stems, strict=True):
             try:
                 explanation = adapter.explain(
-                    item.fields.get("loaded") or item.image,
+                    _loaded(item),
                     item.fields.get("caption"),
                     words=args.words,
                     method=args.method,
@@ -285,10 +287,12 @@ def _run_vqa(args: argparse.Namespace) -> int:
         path, question = args.inputs
         (image,) = load_images([path])
         adapter = _load_adapter(args, "vqa")
-        adapter.question_tokens(question)
-        for answer in args.answer or []:
-            adapter.answer_index(answer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown words are warned about once, by the run below
+            adapter.question_tokens(question)
         items = [_item(path, image, {"question": question})]
+    for answer in args.answer or []:
+        adapter.answer_index(answer)
     out = prepare_out(args.out)
 
     def answers_of(item) -> list[str] | None:
@@ -297,7 +301,7 @@ def _run_vqa(args: argparse.Namespace) -> int:
 
     def explain_group(group, stems):
         explanations = adapter.explain_batch(
-            [item.fields.get("loaded") or item.image for item in group],
+            [_loaded(item) for item in group],
             [item.fields["question"] for item in group],
             [answers_of(item) for item in group],
             top=args.top,
@@ -353,6 +357,12 @@ def _print_vqa(record: dict[str, Any]) -> None:
     print(f"  question words: {words}")
 
 
+def _loaded(item) -> LoadedImage:
+    """A batch item's image, loaded here so that its conversion notes are warned about as for
+    images on the command line."""
+    return item.fields.get("loaded") or load_images([item.image])[0]
+
+
 def _item(path: str, image: LoadedImage, fields: dict[str, Any]):
     from .batch import BatchItem
 
@@ -381,6 +391,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         show_progress=not args.quiet,
         boxes=getattr(args, "boxes", None),
+        with_road=not getattr(args, "no_road", False),
     )
     if args.json:
         emit(result)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
+from ..core.layers import resolve_layer
 from ..core.maps import normalize, upsample
 from ..errors import InputError
 from ..explanation import Explanation
@@ -78,6 +79,10 @@ class CaptionAdapter:
     scorer: CaptionScorer
     default_method: str = "gradcam"
     kind: str = "caption"
+
+    def __post_init__(self) -> None:
+        # a wrong layer name fails here, once, not again for every item of a batch
+        resolve_layer(self.scorer.model, self.scorer.layer)
 
     @property
     def name(self) -> str:

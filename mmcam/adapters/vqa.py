@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
+from ..core.layers import resolve_layer
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
@@ -73,6 +74,10 @@ class VQAAdapter:
     default_method: str = "gradcam"
     kind: str = "vqa"
 
+    def __post_init__(self) -> None:
+        # a wrong layer name fails here, once, not again for every item of a batch
+        resolve_layer(self.scorer.model, self.scorer.layer)
+
     @property
     def name(self) -> str:
         return self.scorer.name
@@ -105,7 +110,7 @@ class VQAAdapter:
             raise InputError(f"the question {question!r} has no words")
         if tokens.unknown:
             warnings.warn(
-                f"question words unknown to {self.name}, read as its unknown token: {', '.join(tokens.unknown)}",
+                f"question words unknown to {self.name}, read as its unknown token: {', '.join(dict.fromkeys(tokens.unknown))}",
                 stacklevel=3,
             )
         return tokens
@@ -132,6 +137,8 @@ class VQAAdapter:
         loaded = [load_image(image) for image in images]
         tokens = [self.question_tokens(question) for question in questions]
         wanted = [[self.answer_index(a) for a in item] if item else None for item in (answers or [None] * len(images))]
+        if any(item is None for item in wanted) and not 1 <= top <= len(self.answers):
+            raise InputError(f"cannot explain the top {top} answers: {self.name} has {len(self.answers)} answers")
         counts = {len(item) if item else top for item in wanted}
         if len(counts) != 1:
             raise InputError("every item of a minibatch must explain the same number of answers")

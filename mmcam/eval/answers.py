@@ -14,7 +14,7 @@ from ..adapters._maps import GUIDED_PREFIX, guided_backprop_at_original_size, ma
 from ..adapters.vqa import VQAAdapter
 from ..core.maps import upsample
 from ..core.methods import METHODS
-from .faithfulness import deletion_insertion, grow_background_mask, occlusion_map, pool_to_grid, rank_correlation, road
+from .faithfulness import faithfulness_of_maps, grow_background_mask
 from .pointing import center_map, energy_inside, inside_outside_ratio, pointing_hit, random_map
 from .progress import progress
 
@@ -122,33 +122,13 @@ def answer_faithfulness(
             def probability(images, answer=answer, question=question):
                 return adapter.scorer.score(images, question.expand(images.shape[0], -1)).softmax(dim=1)[:, answer]
 
-            occlusions = {fill: occlusion_map(logit, image, grid, fill) for fill in ("zero", "blur")}
             candidates = {name: _at_input(stack[n], image) for name, stack in maps.items() if name in keep}
             candidates["random"] = random_map(tuple(image.shape[-2:]), rng)
-            scored: dict[bytes, dict[str, float]] = {}  # identical maps (e.g. Grad-CAM = HiResCAM) are scored once
-            for name, heatmap in candidates.items():
-                key = np.ascontiguousarray(heatmap, dtype=np.float32).tobytes()
-                if key not in scored:
-                    scored[key] = _faithfulness_scores(logit, probability, image, heatmap, occlusions, grid, steps, with_road, rng)
-                for metric, value in scored[key].items():
+            scored = faithfulness_of_maps(logit, probability, image, candidates, grid=grid, steps=steps, with_road=with_road, rng=rng)
+            for name, scores in scored.items():
+                for metric, value in scores.items():
                     values[name][metric].append(value)
     return {name: _summary(metrics) for name, metrics in values.items()}
-
-
-def _faithfulness_scores(logit, probability, image, heatmap, occlusions, grid, steps, with_road, rng) -> dict[str, float]:
-    pooled = pool_to_grid(heatmap, grid)
-    deletion, insertion, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, rng=rng)
-    deletion_mean, _, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, fill="mean", insertion=False, rng=rng)
-    scores = {
-        "occlusion_spearman": rank_correlation(pooled, occlusions["zero"]),
-        "occlusion_blur_spearman": rank_correlation(pooled, occlusions["blur"]),
-        "deletion_auc": deletion,
-        "deletion_mean_auc": deletion_mean,
-        "insertion_auc": insertion,
-    }
-    if with_road:
-        scores["road_morf"], scores["road_lerf"] = road(probability, image, heatmap, rng=rng)
-    return scores
 
 
 def _at_input(heatmap: np.ndarray, image: torch.Tensor) -> np.ndarray:

@@ -200,3 +200,44 @@ def grow_background_mask(image: np.ndarray, threshold: float = 60.0, grow: int =
     if grow > 0:
         mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool), iterations=grow)
     return mask
+
+
+def faithfulness_of_maps(
+    score: ScoreFn,
+    probability: ScoreFn,
+    image: Tensor,
+    maps: dict[str, np.ndarray],
+    *,
+    grid: int = 7,
+    steps: int = 16,
+    with_road: bool = True,
+    rng: np.random.Generator | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every faithfulness measure for each named map (H, W) of one image and one target:
+    ``occlusion_spearman`` / ``occlusion_blur_spearman`` against the drop of ``score`` (the
+    paper's pre-softmax score or log-prob) under zero / blurred occlusion, ``deletion_auc``,
+    ``deletion_mean_auc``, ``insertion_auc`` and ROAD's ``road_morf`` / ``road_lerf`` on
+    ``probability``. Identical maps (e.g. Grad-CAM and HiResCAM when the gradient is uniform)
+    are scored once."""
+    rng = rng or np.random.default_rng(0)
+    occlusions = {fill: occlusion_map(score, image, grid, fill) for fill in ("zero", "blur")}
+    done: dict[bytes, dict[str, float]] = {}
+    results = {}
+    for name, heatmap in maps.items():
+        key = np.ascontiguousarray(heatmap, dtype=np.float32).tobytes()
+        if key not in done:
+            pooled = pool_to_grid(heatmap, grid)
+            deletion, insertion, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, rng=rng)
+            deletion_mean, _, _, _ = deletion_insertion(probability, image, heatmap, steps=steps, fill="mean", insertion=False, rng=rng)
+            scores = {
+                "occlusion_spearman": rank_correlation(pooled, occlusions["zero"]),
+                "occlusion_blur_spearman": rank_correlation(pooled, occlusions["blur"]),
+                "deletion_auc": deletion,
+                "deletion_mean_auc": deletion_mean,
+                "insertion_auc": insertion,
+            }
+            if with_road:
+                scores["road_morf"], scores["road_lerf"] = road(probability, image, heatmap, rng=rng)
+            done[key] = scores
+        results[name] = done[key]
+    return results

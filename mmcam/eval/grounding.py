@@ -127,3 +127,62 @@ def _format(value: float | None) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.3f}"
+
+
+def caption_faithfulness(
+    adapter: CaptionAdapter,
+    scenes: Iterable[Scene],
+    *,
+    methods: Sequence[str] = tuple(METHODS),
+    grid: int = 7,
+    steps: int = 16,
+    with_road: bool = True,
+    seed: int = 0,
+    show_progress: bool = False,
+    total: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Faithfulness of every colour/shape word's maps (each method, Guided Backprop, Guided
+    Grad-CAM, a random map) to the word's teacher-forced score: occlusion against log p(w_t),
+    deletion / insertion / ROAD on p(w_t), all measures of
+    :func:`~mmcam.eval.faithfulness.faithfulness_of_maps`, averaged over words."""
+    import torch
+
+    from .faithfulness import faithfulness_of_maps
+    from .pointing import random_map
+
+    rng = np.random.default_rng(seed)
+    keep = {*methods, "guided_backprop", "guided_gradcam"}
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for scene in progress(scenes, "faithfulness", total=total, enabled=show_progress):
+        positions, maps = scene_word_maps(adapter, scene, methods)
+        scorer = adapter.scorer
+        image = scorer.preprocess(scene.image)
+        tokens = scorer.tokenize(scene.caption)
+        ids = torch.tensor([tokens.ids])
+        for t, position in enumerate(positions):
+            word_id = tokens.ids[position]
+
+            def logprob(images, position=position, word_id=word_id):
+                return scorer.score(images, ids.expand(images.shape[0], -1)).logprobs[:, position, word_id]
+
+            def probability(images, logprob=logprob):
+                return logprob(images).exp()
+
+            candidates = {name: stack[t] for name, stack in maps.items() if name in keep}
+            candidates["random"] = random_map(tuple(image.shape[-2:]), rng)
+            for name, scores in faithfulness_of_maps(logprob, probability, image, candidates, grid=grid, steps=steps, with_road=with_road, rng=rng).items():
+                for metric, value in scores.items():
+                    values[name][metric].append(value)
+    return {name: _mean_of_defined(metrics) for name, metrics in values.items()}
+
+
+def _mean_of_defined(metrics: dict[str, list[float]]) -> dict[str, float]:
+    summary: dict[str, float] = {}
+    for metric, items in metrics.items():
+        array = np.asarray(items, dtype=np.float64)
+        defined = array[~np.isnan(array)]
+        summary[metric] = float(defined.mean()) if defined.size else float("nan")
+        if metric.endswith("spearman"):
+            summary[f"n_undefined_{metric}"] = int(array.size - defined.size)
+    summary["n_words"] = len(next(iter(metrics.values()))) if metrics else 0
+    return summary

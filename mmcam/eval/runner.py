@@ -12,7 +12,7 @@ from ..registry import load
 
 SUPPORTED = {
     "grounding": ("shapes-captioner", "easy-vqa"),
-    "faithfulness": ("easy-vqa",),
+    "faithfulness": ("easy-vqa", "shapes-captioner"),
     "sanity": ("shapes-captioner", "easy-vqa"),
     "localization": ("shapes-captioner", "efficientnet_lite0", "any classifier with --boxes"),
 }
@@ -28,6 +28,7 @@ def run_evaluation(
     seed: int = 0,
     show_progress: bool = False,
     boxes: str | None = None,
+    with_road: bool = True,
 ) -> dict[str, Any]:
     """Run ``evaluation`` on a shipped ``model`` and return the result object."""
     supported = SUPPORTED.get(evaluation, ())
@@ -69,12 +70,23 @@ def run_evaluation(
         methods_result, count = scene_localization(adapter, scenes, methods=methods, show_progress=show_progress), len(scenes)
     elif evaluation == "sanity":
         methods_result, count = _sanity(adapter, model, limit, methods, seed, show_progress)
+    elif model == "shapes-captioner":
+        from .datasets import captioner_scenes
+        from .grounding import caption_faithfulness
+
+        scenes = captioner_scenes(limit or 50)
+        methods_result = caption_faithfulness(
+            adapter, scenes, methods=methods, with_road=with_road, seed=seed, show_progress=show_progress, total=len(scenes)
+        )
+        count = len(scenes)
     else:
         from .answers import answer_faithfulness
         from .datasets import easy_vqa_items
 
         items = easy_vqa_items(adapter.scorer.model.vocab, limit or 500)
-        methods_result = answer_faithfulness(adapter, items, methods=methods, seed=seed, show_progress=show_progress)
+        methods_result = answer_faithfulness(
+            adapter, items, methods=methods, with_road=with_road, seed=seed, show_progress=show_progress
+        )
         count = len(items)
     return {"eval": evaluation, "model": model, "n": count, "methods": _json_safe(methods_result)}
 

@@ -63,8 +63,8 @@ def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQ
         )
     with _quiet_loading():
         model = _load_model(getattr(transformers, architecture), folder, config)
-        tokenizer = _load_part(transformers.AutoTokenizer, folder, "tokenizer")
-        image_processor = _load_part(transformers.AutoImageProcessor, folder, "image processor")
+        tokenizer = _load_part(transformers.AutoTokenizer, folder, "tokenizer", TOKENIZER_FILES)
+        image_processor = _load_part(transformers.AutoImageProcessor, folder, "image processor", IMAGE_PROCESSOR_FILES)
     vision = getattr(config, "vision_config", None) or getattr(config, "encoder", None) or config
     image = ImageSettings.from_processor(image_processor, getattr(vision, "image_size", None))
     loaded = Loaded(f"hf:{id_or_path}", model, tokenizer, image)
@@ -117,15 +117,23 @@ def _load_model(model_class: type, folder: Path, config: Any) -> nn.Module:
     return model.eval()
 
 
-def _load_part(auto_class: Any, folder: Path, what: str) -> Any:
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "image_processor_config.json")
+
+
+def _load_part(auto_class: Any, folder: Path, what: str, files: tuple[str, ...]) -> Any:
+    # transformers 5 builds an empty tokenizer (special tokens only) from a folder without
+    # vocabulary files, so their presence is checked first
+    if not any((folder / name).is_file() for name in files):
+        raise InputError(
+            f"{folder} has no {what} ({' / '.join(files)}); save it into the same folder with "
+            "processor.save_pretrained(folder)"
+        )
     try:
         return auto_class.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(
-            f"{folder} has no readable {what} ({first}); save it into the same folder with "
-            "processor.save_pretrained(folder)"
-        ) from None
+        raise InputError(f"cannot read the {what} in {folder}: {first}") from None
 
 
 @contextlib.contextmanager

@@ -136,20 +136,26 @@ class BlipAnswerScorer(_QuestionReader):
         return len(self.answers) - 1
 
     def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[tuple[str, tuple[int, ...]]]]:
-        """Per item, the model's ``count`` best answers (greedy, or beam search) as (text, ids);
-        each item generates with its question unpadded (see :meth:`score`)."""
+        """Per item, the model's ``count`` best non-empty answers (greedy, or beam search) as
+        (text, ids); each item generates with its question unpadded (see :meth:`score`)."""
+        beams = 1 if count == 1 else 2 * count  # spare beams: two token sequences may read the same
         answers = []
         with torch.no_grad(), eval_mode(self.model):
             for n, question in enumerate(self._unpadded(question_ids)):
                 sequences = self.model.generate(
                     input_ids=question,
                     pixel_values=images[n : n + 1],
-                    num_beams=count,
-                    num_return_sequences=count,
+                    num_beams=beams,
+                    num_return_sequences=beams,
                     do_sample=False,
+                    min_new_tokens=1,  # an empty answer answers nothing
                     max_new_tokens=self.max_new_tokens,
                 )
-                answers.append([self._answer_of(sequence) for sequence in sequences.tolist()])
+                distinct = {}
+                for sequence in sequences.tolist():
+                    text, ids = self._answer_of(sequence)
+                    distinct.setdefault(text.lower(), (text, ids))
+                answers.append(list(distinct.values())[:count])
         return answers
 
     def _answer_of(self, sequence: list[int]) -> tuple[str, tuple[int, ...]]:
