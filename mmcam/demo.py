@@ -42,7 +42,8 @@ def _caption_section(out: Path) -> ReportSection:
 
     adapter = load("shapes-captioner")
     figures = []
-    for index, scene in enumerate(make_split("test", 3)):
+    scenes = [scene for scene in make_split("test", 30) if len(scene.objects) >= 2][:3]
+    for index, scene in enumerate(scenes):
         explanation = adapter.explain(scene.image)  # generate the caption, then explain each word
         stem = f"scene{index}"
         explanation.save(out / "caption", stem)
