@@ -53,7 +53,10 @@ def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQ
     folder = resolve_folder(id_or_path)
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"cannot read {folder / 'config.json'}: {_first_line(error)}") from None
     architecture = next(iter(getattr(config, "architectures", None) or []), None)
     family = FAMILIES.get(architecture or "")
     if family is None:
@@ -110,8 +113,7 @@ def _load_model(model_class: type, folder: Path, config: Any) -> nn.Module:
     try:
         model = model_class.from_pretrained(folder, config=config, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"cannot load the model in {folder}: {first}") from None
+        raise InputError(f"cannot load the model in {folder}: {_first_line(error)}") from None
     if convolutional:
         model.encoder = as_token_encoder(model.encoder)
     return model.eval()
@@ -132,8 +134,12 @@ def _load_part(auto_class: Any, folder: Path, what: str, files: tuple[str, ...])
     try:
         return auto_class.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"cannot read the {what} in {folder}: {first}") from None
+        raise InputError(f"cannot read the {what} in {folder}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextlib.contextmanager

@@ -97,9 +97,9 @@ class BlipAnswerScorer(_QuestionReader):
 
     The vision transformer encodes the image, the text encoder reads the question with
     cross-attention to the image, and the text decoder reads ``bos + answer + end`` with
-    cross-attention to the question; answer token t is scored at decoder row t (the row before
-    it). The decoder reads each item's question unpadded, so an item scores the same alone and
-    in a minibatch, and as ``generate`` scores it. ``answers`` is the current candidate list (see
+    cross-attention to the question; decoder row t scores the token at position t + 1. The
+    decoder reads each item's question unpadded, so an item scores the same alone and in a
+    minibatch, and as ``generate`` scores it. ``answers`` is the current candidate list (see
     :class:`GenerativeVQAAdapter`).
     """
 
