@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
-from ..core.layers import resolve_layer
 from ..core.maps import normalize, upsample
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..targets import CaptionScores, WordContrastTarget, WordTarget
+from ._scorer_adapter import ScorerAdapter
 from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 SCORES = ("logprob", "logit")
@@ -73,20 +73,11 @@ class CaptionScorer(Protocol):
 
 
 @dataclass
-class CaptionAdapter:
+class CaptionAdapter(ScorerAdapter):
     """Explains a :class:`CaptionScorer` word by word."""
 
     scorer: CaptionScorer
-    default_method: str = "gradcam"
     kind: str = "caption"
-
-    def __post_init__(self) -> None:
-        # a wrong layer name fails here, once, not again for every item of a batch
-        resolve_layer(self.scorer.model, self.scorer.layer)
-
-    @property
-    def name(self) -> str:
-        return self.scorer.name
 
     @property
     def layer_name(self) -> str:

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
-from ..core.layers import resolve_layer
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..targets import ChosenClassTarget, ContrastTarget
+from ._scorer_adapter import ScorerAdapter
 from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 
@@ -67,20 +67,11 @@ class VQAScorer(Protocol):
 
 
 @dataclass
-class VQAAdapter:
+class VQAAdapter(ScorerAdapter):
     """Explains a :class:`VQAScorer`'s answers."""
 
     scorer: VQAScorer
-    default_method: str = "gradcam"
     kind: str = "vqa"
-
-    def __post_init__(self) -> None:
-        # a wrong layer name fails here, once, not again for every item of a batch
-        resolve_layer(self.scorer.model, self.scorer.layer)
-
-    @property
-    def name(self) -> str:
-        return self.scorer.name
 
     @property
     def answers(self) -> list[str]:
