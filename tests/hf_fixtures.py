@@ -122,6 +122,28 @@ def build_blip_vqa(folder: Path) -> None:
     _blip_processor(folder)
 
 
+def build_blip2(folder: Path) -> None:
+    """BLIP-2 with an OPT language model; its tokenizer holds the "<image>" placeholder."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+
+    tokenizer = gpt2_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    end = tokenizer.eos_token_id
+    opt = dict(
+        model_type="opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+        num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=end,
+        eos_token_id=end, pad_token_id=end, init_std=0.2,
+    )
+    qformer = dict(HIDDEN, vocab_size=len(VOCAB), encoder_hidden_size=32, max_position_embeddings=32, initializer_range=0.2)
+    config = Blip2Config(
+        vision_config=dict(VISION), qformer_config=qformer, text_config=opt, num_query_tokens=4,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    Blip2ForConditionalGeneration(config).save_pretrained(folder)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    Blip2Processor(image_processor, tokenizer, num_query_tokens=4).save_pretrained(folder)
+
+
 def build_git(folder: Path) -> None:
     from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
@@ -230,6 +252,7 @@ def build_ved_swin_bert(folder: Path) -> None:
 
 BUILDERS = {
     "blip": build_blip_captioner,
+    "blip2": build_blip2,
     "git": build_git,
     "ved-convnext-gpt2": build_ved_convnext_gpt2,
     "ved-resnet-bert": build_ved_resnet_bert,
@@ -239,7 +262,7 @@ BUILDERS = {
     "blip-vqa": build_blip_vqa,
     "vilt": build_vilt,
 }
-CAPTIONERS = ["blip", "git", "ved-convnext-gpt2", "ved-resnet-bert", "ved-vit-bert", "ved-deit-bert", "ved-swin-bert"]
+CAPTIONERS = ["blip", "blip2", "git", "ved-convnext-gpt2", "ved-resnet-bert", "ved-vit-bert", "ved-deit-bert", "ved-swin-bert"]
 
 
 @functools.cache

@@ -1,6 +1,6 @@
-"""transformers captioners (BLIP, GIT, VisionEncoderDecoder with ConvNeXt / ResNet / ViT / DeiT /
-Swin encoders and GPT-2 / BERT decoders), saved as tiny checkpoints and loaded back through
-``mmcam.load``."""
+"""transformers captioners (BLIP, BLIP-2, GIT, VisionEncoderDecoder with ConvNeXt / ResNet / ViT /
+DeiT / Swin encoders and GPT-2 / BERT decoders), saved as tiny checkpoints and loaded back
+through ``mmcam.load``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from mmcam.io import load_image
 
 DEFAULT_LAYERS = {
     "blip": "vision_model.encoder.layers.0",
+    "blip2": "vision_model.encoder.layers.0",
     "git": "git.image_encoder.vision_model.encoder.layers.0",
     "ved-convnext-gpt2": "encoder.encoder.stages.1",
     "ved-resnet-bert": "encoder.encoder.stages.1",

@@ -1,8 +1,8 @@
 """Captioners from transformers: y_t = log p(word t | words < t, image), by teacher forcing.
 
-One scorer serves BLIP, GIT and VisionEncoderDecoderModel; the families differ only in the
-tokens fed before the caption, the argument that carries the text, and whether the logits begin
-with rows for image tokens (GIT). A word made of several subword tokens scores the sum of its
+One scorer serves BLIP, BLIP-2, GIT and VisionEncoderDecoderModel; the families differ only in
+the tokens fed before the caption, the argument that carries the text, and whether the logits
+begin with rows for image tokens that are not in the text (GIT). A word made of several subword tokens scores the sum of its
 tokens' log-probs (:class:`~mmcam.targets.WordTarget` sums a word's span).
 """
 
@@ -29,7 +29,8 @@ class TransformersCaptioner:
     """A :class:`~mmcam.adapters.captioning.CaptionScorer` for a transformers captioner.
 
     The model reads ``prefix + caption`` through ``text_argument`` (``input_ids``, or
-    ``decoder_input_ids`` for encoder-decoders). Its logits may begin with rows for image tokens
+    ``decoder_input_ids`` for encoder-decoders); the prefix is BLIP's bos, GIT's [CLS], BLIP-2's
+    image placeholders and bos, or an encoder-decoder's decoder start token. Its logits may begin with rows for image tokens
     that are not in the text (GIT); their count is the logits' length minus the text's. After
     them, row ``len(prefix) - 1 + t`` scores caption token t. ``generate`` output begins with
     ``prefix`` and ends at the first of ``end_ids``; neither is part of the caption, so neither is

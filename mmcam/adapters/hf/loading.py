@@ -188,7 +188,9 @@ def _first_id(what: str, *values: Any) -> int:
     raise InputError(f"the checkpoint's config sets no {what}; set it in config.json / generation_config.json")
 
 
-def _captioner(loaded: Loaded, layer: str, prefix: int, end_ids: tuple[int, ...], text_argument: str = "input_ids") -> CaptionAdapter:
+def _captioner(
+    loaded: Loaded, layer: str, prefix: tuple[int, ...], end_ids: tuple[int, ...], text_argument: str = "input_ids"
+) -> CaptionAdapter:
     scorer = TransformersCaptioner(
         loaded.name,
         loaded.model,
@@ -196,7 +198,7 @@ def _captioner(loaded: Loaded, layer: str, prefix: int, end_ids: tuple[int, ...]
         loaded.image,
         layer,
         PatchTokens(loaded.image.size),
-        prefix=(prefix,),
+        prefix=prefix,
         end_ids=end_ids,
         text_argument=text_argument,
     )
@@ -207,14 +209,26 @@ def _blip_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
     """BLIP: the caption follows the text decoder's bos; logits row t scores caption token t;
     ``generate`` starts with the bos and stops at [SEP]."""
     text = loaded.model.config.text_config
-    return _captioner(loaded, layer, _first_id("text_config.bos_token_id", text.bos_token_id), _end_ids(text.sep_token_id))
+    return _captioner(loaded, layer, (_first_id("text_config.bos_token_id", text.bos_token_id),), _end_ids(text.sep_token_id))
 
 
 def _git_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
     """GIT: the caption follows [CLS] (the bos); the logits begin with one row per image token."""
     config, generation = loaded.model.config, loaded.model.generation_config
     bos = _first_id("bos_token_id", generation.bos_token_id, config.bos_token_id)
-    return _captioner(loaded, layer, bos, _end_ids(generation.eos_token_id, config.eos_token_id))
+    return _captioner(loaded, layer, (bos,), _end_ids(generation.eos_token_id, config.eos_token_id))
+
+
+def _blip2_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
+    """BLIP-2: the language model reads one placeholder per Q-Former query token (their
+    embeddings are replaced by the projected queries), its bos, then the caption; ``generate``
+    returns all of them."""
+    config, generation = loaded.model.config, loaded.model.generation_config
+    text = config.text_config
+    image = _first_id("image_token_id", getattr(config, "image_token_id", None), getattr(config, "image_token_index", None))
+    bos = _first_id("text_config.bos_token_id", text.bos_token_id)
+    ends = _end_ids(generation.eos_token_id, text.eos_token_id)
+    return _captioner(loaded, layer, (image,) * config.num_query_tokens + (bos,), ends)
 
 
 def _encoder_decoder_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
@@ -222,7 +236,7 @@ def _encoder_decoder_captioner(loaded: Loaded, layer: str) -> CaptionAdapter:
     config, generation = loaded.model.config, loaded.model.generation_config
     start = _first_id("decoder_start_token_id", generation.decoder_start_token_id, config.decoder_start_token_id)
     ends = _end_ids(generation.eos_token_id, config.eos_token_id, config.decoder.eos_token_id)
-    return _captioner(loaded, layer, start, ends, text_argument="decoder_input_ids")
+    return _captioner(loaded, layer, (start,), ends, text_argument="decoder_input_ids")
 
 
 def _vilt_answers(loaded: Loaded, layer: str) -> VQAAdapter:
@@ -251,6 +265,7 @@ _CNN_OR_VIT = "encoder.encoder.stages.-1|encoder.layers.-1|encoder.encoder.layer
 FAMILIES: dict[str, Family] = {
     "BlipForConditionalGeneration": Family("caption", "vision_model.encoder.layers.-1", _blip_captioner),
     "GitForCausalLM": Family("caption", "git.image_encoder.vision_model.encoder.layers.-1", _git_captioner),
+    "Blip2ForConditionalGeneration": Family("caption", "vision_model.encoder.layers.-1", _blip2_captioner),
     "VisionEncoderDecoderModel": Family("caption", _CNN_OR_VIT, _encoder_decoder_captioner),
     "BlipForQuestionAnswering": Family("vqa", "vision_model.encoder.layers.-1", _blip_answers),
     "ViltForQuestionAnswering": Family("vqa", "vilt.embeddings.patch_embeddings.projection", _vilt_answers),
