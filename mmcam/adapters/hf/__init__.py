@@ -3,7 +3,7 @@
 | module | holds |
 |---|---|
 | ``loading`` | folder / offline-cache resolution, the supported classes and their default layers |
-| ``captioning`` | y_t of a caption word for BLIP, GIT, VisionEncoderDecoder (teacher forcing) |
+| ``captioning`` | y_t of a caption word for BLIP, BLIP-2, GIT, VisionEncoderDecoder (teacher forcing) |
 | ``vqa`` | y^c of an answer: ViLT's logit, BLIP's generated-answer log-prob |
 | ``words`` | subword tokens -> words (spans), special tokens left out |
 | ``preprocess``, ``layout`` | images as the image processor sizes them; tokens -> patch grid |
