@@ -32,14 +32,18 @@ def section(name: str):
     return register
 
 
-def median_seconds(function: Callable[[], object], repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall-clock seconds of each function. They run round-robin (after one warm-up
+    each), so a slow spell of the machine hits every contender alike."""
+    for function in functions.values():
         function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @section("classify")
@@ -78,11 +82,7 @@ def classify(args: argparse.Namespace) -> dict:
         raw = captum.attribute(images, target=top, relu_attributions=True)
         return normalize(LayerAttribution.interpolate(raw, (224, 224), interpolate_mode="bilinear"))
 
-    seconds = {
-        "mmcam": median_seconds(ours, args.repeats),
-        "pytorch_grad_cam": median_seconds(peer_grad_cam, args.repeats),
-        "captum": median_seconds(peer_captum, args.repeats),
-    }
+    seconds = median_seconds({"mmcam": ours, "pytorch_grad_cam": peer_grad_cam, "captum": peer_captum}, args.repeats)
     return {
         "model": "efficientnet_lite0",
         "batch": 8,
@@ -147,11 +147,14 @@ def caption(args: argparse.Namespace) -> dict:
                 cam(image, targets=[lambda out, t=t: out[t, tokens.ids[t]]]) for t in range(len(tokens.ids))
             ]
 
-    seconds = {
-        "mmcam_all_words": median_seconds(lambda: ours(targets), args.repeats),
-        "mmcam_one_word": median_seconds(lambda: ours(targets[:1]), args.repeats),
-        "pytorch_grad_cam_per_word_loop": median_seconds(peer_loop, args.repeats),
-    }
+    seconds = median_seconds(
+        {
+            "mmcam_all_words": lambda: ours(targets),
+            "mmcam_one_word": lambda: ours(targets[:1]),
+            "pytorch_grad_cam_per_word_loop": peer_loop,
+        },
+        args.repeats,
+    )
     return {
         "model": "shapes-captioner",
         "layer": "encoder",
@@ -196,7 +199,7 @@ def guided(args: argparse.Namespace) -> dict:
             results.append(gradients * maps[n][..., None])
         return results
 
-    seconds = {"mmcam": median_seconds(ours, args.repeats), "pytorch_grad_cam": median_seconds(peer, args.repeats)}
+    seconds = median_seconds({"mmcam": ours, "pytorch_grad_cam": peer}, args.repeats)
     return {
         "model": "efficientnet_lite0",
         "batch": 8,
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared machine)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
