@@ -81,7 +81,9 @@ def cascading_randomization(
         current = maps_of(randomized)
         for name, reference in trained.items():
             pairs = list(zip(reference, current[name], strict=True))
-            results[name]["randomized_spearman"].append(float(np.nanmean([rank_correlation(a, b) for a, b in pairs])))
+            correlations = np.array([rank_correlation(a, b) for a, b in pairs])
+            defined = correlations[~np.isnan(correlations)]  # nan: a constant (e.g. all-zero) map
+            results[name]["randomized_spearman"].append(float(defined.mean()) if defined.size else float("nan"))
             results[name]["randomized_ssim"].append(float(np.mean([ssim(a, b) for a, b in pairs])))
             results[name]["layers"].append(layer)
     return {name: dict(metrics) for name, metrics in results.items()}
