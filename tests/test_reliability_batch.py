@@ -1,0 +1,150 @@
+"""Long batch runs (issue #7): an interrupted ``mmcam vqa --batch --out`` keeps every finished
+item's outputs (``STEM.json`` written atomically: temporary file, then rename), leaves no partial
+file, and ``--resume`` re-emits the finished records unchanged without recomputing them, then
+completes the rest.
+
+The adapter is wrapped to count its calls (and to interrupt the run) through ``mmcam.registry.load``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import easy_vqa
+import pytest
+
+import mmcam.batch
+import mmcam.registry
+from mmcam.cli import main
+from reliability_support import one_torch_thread  # noqa: F401
+
+ITEMS = 5
+QUESTIONS = ["what color is the shape?", "what shape is in the image?", "is there a red shape?"]
+
+
+class Interrupt(KeyboardInterrupt):
+    """Ctrl-C, as the test sends it."""
+
+
+@pytest.fixture
+def batch_file(tmp_path) -> Path:
+    paths = easy_vqa.get_test_image_paths()
+    lines = [json.dumps({"image": paths[index], "question": QUESTIONS[index % 3]}) for index in range(ITEMS)]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def explained(monkeypatch) -> dict:
+    """Counts the images the CLI's adapter explains; ``stop_at`` = n interrupts the n-th call."""
+    seen: dict = {"images": [], "stop_at": None}
+    real_load = mmcam.registry.load
+
+    def load(*args, **kwargs):
+        adapter = real_load(*args, **kwargs)
+        real_explain = adapter.explain_batch
+
+        def explain_batch(images, *rest, **options):
+            if seen["stop_at"] == len(seen["images"]) + 1:
+                raise Interrupt
+            seen["images"] += [image.source for image in images]
+            return real_explain(images, *rest, **options)
+
+        adapter.explain_batch = explain_batch
+        return adapter
+
+    monkeypatch.setattr(mmcam.registry, "load", load)
+    return seen
+
+
+def run(capsys, batch: Path, out: Path, *extra: str) -> tuple[int, list[dict], str]:
+    code = main(["vqa", "--batch", str(batch), "--out", str(out), "--json", "--batch-size", "1", *extra])
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary or hidden files: what an interrupted atomic write could leave behind."""
+    return sorted(path.name for path in out.iterdir() if path.name.startswith(".") or path.suffix == ".tmp")
+
+
+def test_interrupted_run_keeps_finished_items_and_resume_completes_the_rest(capsys, tmp_path, batch_file, explained) -> None:
+    by_id = easy_vqa.get_test_image_paths()
+    paths = [by_id[index] for index in range(ITEMS)]
+    out = tmp_path / "out"
+    explained["stop_at"] = 3  # Ctrl-C while the third item is being explained
+    code, printed, stderr = run(capsys, batch_file, out)
+    assert code == 130 and stderr == "mmcam: interrupted\n"
+    assert [record["image"] for record in printed] == paths[:2]
+    assert sorted(path.name for path in out.glob("*.json")) == ["0.json", "1.json"]
+    assert leftovers(out) == []
+    finished = {name: (out / name).read_bytes() for name in ("0.json", "1.json")}
+    stamps = {name: (out / name).stat().st_mtime_ns for name in finished}
+    for record in printed:  # each saved record is the printed one, and its maps exist
+        saved = json.loads((out / f"{Path(record['image']).stem}.json").read_text())
+        assert saved == record and Path(saved["explanations"][0]["heatmap"]).is_file()
+
+    explained.update(images=[], stop_at=None)
+    code, printed, stderr = run(capsys, batch_file, out, "--resume")
+    assert code == 0 and stderr == ""
+    assert explained["images"] == paths[2:]  # only the unfinished items were computed
+    assert [record["image"] for record in printed] == paths  # all of them, in order
+    for name, content in finished.items():  # finished records: re-emitted unchanged, file untouched
+        assert (out / name).read_bytes() == content and (out / name).stat().st_mtime_ns == stamps[name]
+    assert [json.dumps(record) + "\n" for record in printed[:2]] == [content.decode() for content in finished.values()]
+    assert sorted(path.name for path in out.glob("*.json")) == [f"{index}.json" for index in range(ITEMS)]
+    assert leftovers(out) == []
+
+    explained.update(images=[])
+    code, again, _ = run(capsys, batch_file, out, "--resume")
+    assert code == 0 and explained["images"] == [] and again == printed  # all done: nothing recomputed
+
+
+def test_interrupt_while_a_record_is_written_leaves_no_partial_file(capsys, monkeypatch, tmp_path, batch_file) -> None:
+    real_write_atomic = mmcam.batch.write_atomic
+    writes = []
+
+    def write_atomic(path, write):
+        writes.append(Path(path).name)
+        if len(writes) < 2:
+            return real_write_atomic(path, write)
+
+        def half_then_interrupt(handle):  # Ctrl-C half-way through the second record's bytes
+            data = bytearray()
+
+            class Buffer:
+                def write(self, chunk):
+                    data.extend(chunk)
+
+            write(Buffer())
+            handle.write(bytes(data[: len(data) // 2]))
+            handle.flush()
+            raise Interrupt
+
+        return real_write_atomic(path, half_then_interrupt)
+
+    monkeypatch.setattr(mmcam.batch, "write_atomic", write_atomic)
+    out = tmp_path / "out"
+    code, printed, stderr = run(capsys, batch_file, out)
+    assert code == 130 and stderr == "mmcam: interrupted\n" and writes == ["0.json", "1.json"]
+    assert [path.name for path in out.glob("*.json")] == ["0.json"] and leftovers(out) == []
+    assert json.loads((out / "0.json").read_text()) == printed[0]
+    monkeypatch.setattr(mmcam.batch, "write_atomic", real_write_atomic)
+    code, printed, _ = run(capsys, batch_file, out, "--resume")
+    assert code == 0 and len(printed) == ITEMS and all("error" not in record for record in printed)
+    assert json.loads((out / "1.json").read_text()) == printed[1]
+
+
+def test_resume_keeps_failed_items_failing_and_finished_ones_finished(capsys, tmp_path, batch_file, explained) -> None:
+    """A failed item has no record, so a resumed run tries it again (and reports it again)."""
+    lines = batch_file.read_text().splitlines()
+    lines.insert(1, json.dumps({"image": str(tmp_path / "missing.png"), "question": QUESTIONS[0]}))
+    batch_file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code, first, _ = run(capsys, batch_file, out)
+    assert code == 1 and first[1]["error"].startswith("image not found")
+    explained.update(images=[])
+    code, resumed, _ = run(capsys, batch_file, out, "--resume")
+    assert code == 1 and resumed == first and explained["images"] == []
