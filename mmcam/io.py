@@ -93,9 +93,13 @@ def _pil_to_rgb(image: Image.Image) -> tuple[np.ndarray, tuple[str, ...]]:
         notes.append(f"EXIF orientation {orientation} applied")
     if image.width < 1 or image.height < 1:
         raise InputError(f"image has no pixels ({image.width}x{image.height})")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit data on its full scale, as a uint16 array would be read (not stretched per image)
         array = np.asarray(image, dtype=np.float64)
-        return _array_to_rgb(array / max(array.max(), 1.0)), tuple(notes)
+        return _array_to_rgb(np.clip(array / 65535, 0, 1)), tuple(notes)
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        return _array_to_rgb(np.clip(array / max(array.max(), 1.0), 0, 1)), tuple(notes)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
