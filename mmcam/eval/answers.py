@@ -97,7 +97,7 @@ def answer_faithfulness(
     seed: int = 0,
     show_progress: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Per map name (the methods, Guided Backprop, Guided Grad-CAM and a random map), over the
+    """Per map name (the methods and their Guided variants, Guided Backprop and a random map), over the
     items, for the predicted answer's probability: the paper's
     ``occlusion_spearman`` (rank correlation of the map pooled to ``grid`` x ``grid`` with the
     drop in score when each cell is set to zero) and ``occlusion_blur_spearman`` (cells replaced
@@ -107,7 +107,7 @@ def answer_faithfulness(
     deletion, insertion and ROAD the probability. nan correlations (a constant map or no
     change under occlusion) are left out of the mean and counted in ``n_undefined``."""
     rng = np.random.default_rng(seed)
-    keep = {*methods, "guided_backprop", "guided_gradcam"}
+    keep = {*methods, *(GUIDED_PREFIX + method for method in methods), "guided_backprop"}
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for chunk in progress(list(_chunks(items, batch_size)), "faithfulness", total=-(-len(items) // batch_size), enabled=show_progress):
         run, maps = batch_answer_maps(adapter, chunk, methods)

@@ -141,8 +141,8 @@ def caption_faithfulness(
     show_progress: bool = False,
     total: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Faithfulness of every colour/shape word's maps (each method, Guided Backprop, Guided
-    Grad-CAM, a random map) to the word's teacher-forced score: occlusion against log p(w_t),
+    """Faithfulness of every colour/shape word's maps (each method and its Guided variant, Guided
+    Backprop, a random map) to the word's teacher-forced score: occlusion against log p(w_t),
     deletion / insertion / ROAD on p(w_t), all measures of
     :func:`~mmcam.eval.faithfulness.faithfulness_of_maps`, averaged over words."""
     import torch
@@ -151,7 +151,7 @@ def caption_faithfulness(
     from .pointing import random_map
 
     rng = np.random.default_rng(seed)
-    keep = {*methods, "guided_backprop", "guided_gradcam"}
+    keep = {*methods, *(GUIDED_PREFIX + method for method in methods), "guided_backprop"}
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for scene in progress(scenes, "faithfulness", total=total, enabled=show_progress):
         positions, maps = scene_word_maps(adapter, scene, methods)
