@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmcam: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `mmcam ... --json | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit)
+        return 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +95,7 @@ def _add_vqa(commands) -> None:
     command.add_argument("inputs", nargs="*", metavar="IMAGE QUESTION")
     command.add_argument("--answer", action="append", metavar="A", help="answer to explain (repeatable); default: the prediction")
     command.add_argument("--top", type=_positive_int, default=1, metavar="K", help="explain the K best answers (default 1)")
+    command.add_argument("--contrast", nargs=2, metavar=("A", "B"), help="with --out: also write the map of score(A) - score(B), 'why A and not B'")
     command.add_argument("--batch", metavar="FILE.jsonl", help='lines {"image": PATH, "question": TEXT} (optional "answer")')
     command.add_argument("--resume", action="store_true", help="with --batch and --out: skip items already written")
     command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"minibatch size (default {BATCH_SIZE})")
@@ -291,7 +295,7 @@ def _run_vqa(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")  # unknown words are warned about once, by the run below
             adapter.question_tokens(question)
         items = [_item(path, image, {"question": question})]
-    for answer in args.answer or []:
+    for answer in [*(args.answer or []), *(args.contrast or [])]:
         adapter.answer_index(answer)
     out = prepare_out(args.out)
 
@@ -308,6 +312,7 @@ def _run_vqa(args: argparse.Namespace) -> int:
             method=args.method,
             guided=out is not None,
             counterfactual=out is not None,
+            contrast=tuple(args.contrast) if args.contrast and out is not None else None,
         )
         return [
             vqa_record(explanation, item.image, explanation.save(out, stem) if out else None)

@@ -108,8 +108,9 @@ class Explanation:
 
     def save(self, directory: str | os.PathLike, stem: str) -> list[dict[str, str]]:
         """Write, per target, the map (.npy float32, original size), an overlay PNG and (when
-        computed) a Guided Grad-CAM PNG, plus a strip figure; every file is written atomically.
-        Returns the paths written, one dict per target."""
+        computed) a Guided Grad-CAM PNG and counterfactual map, plus a strip figure; contrastive
+        maps (``info["contrast"]``, named by ``info["contrast_labels"]``) as .npy and overlay;
+        every file is written atomically. Returns the paths written, one dict per target."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written: list[dict[str, str]] = []
@@ -121,7 +122,15 @@ class Explanation:
             if self.guided is not None:
                 guided_path = Path(f"{base}_guided.png")
                 paths["guided"] = str(save_png(guided_path, guided_image(self.guided[target])))
+            if self.counterfactual is not None:
+                paths["counterfactual"] = str(_save_npy(Path(f"{base}_counterfactual.npy"), self.counterfactual[target]))
             written.append(paths)
+        contrasts = self.info.get("contrast")
+        if contrasts is not None:
+            for label, heatmap in zip(self.info["contrast_labels"], contrasts, strict=True):
+                base = directory / f"{stem}_contrast_{_slug(label)}"
+                _save_npy(base.with_suffix(".npy"), heatmap)
+                save_png(Path(f"{base}_overlay.png"), overlay(self.image.pixels, heatmap))
         figures = [(f"{stem}_strip.png", self.figure())]
         if self.kind != "classify":
             figures += [(f"{stem}_{name}.png", figure) for name, figure in (("guided", self.guided_figure()), ("attention", self.attention_figure())) if figure is not None]

@@ -95,3 +95,16 @@ def test_vqa_given_answers_come_first_and_batches_run_in_minibatches(capsys, tmp
     batch.write_text("".join(json.dumps({"image": paths[i], "question": "what shape is this?"}) + "\n" for i in range(5)))
     assert main(["vqa", "--batch", str(batch), "--batch-size", "2", "--json"]) == 0
     assert [r["image"] for r in records(capsys)] == [paths[i] for i in range(5)]
+
+
+def test_contrast_and_counterfactual_maps_are_written_with_out(capsys, tmp_path, scene_file) -> None:
+    image = easy_vqa.get_test_image_paths()[3]
+    assert main(["vqa", image, "what color is the shape?", "--contrast", "yellow", "red", "--out", str(tmp_path / "v")]) == 0
+    contrast = np.load(tmp_path / "v" / "3_contrast_yellow-vs-red.npy")
+    assert contrast.shape == (64, 64) and contrast.max() == 1.0
+    assert (tmp_path / "v" / "3_00_yellow_counterfactual.npy").is_file()
+    path, scene = scene_file
+    assert main(["caption", str(path), "--caption", "a red circle", "--out", str(tmp_path / "c")]) == 0
+    names = sorted(p.name for p in (tmp_path / "c").glob("scene_contrast_*.npy"))
+    assert names == ["scene_contrast_00-a-vs-runner-up.npy", "scene_contrast_01-red-vs-runner-up.npy", "scene_contrast_02-circle-vs-runner-up.npy"]
+    capsys.readouterr()

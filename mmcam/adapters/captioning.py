@@ -181,6 +181,7 @@ class CaptionAdapter(ScorerAdapter):
         info = {"caption": " ".join(tokens.words), "logprobs": logprobs, "score": score, "title": " ".join(tokens.words)}
         if contrast:
             info["contrast"] = all_maps[count:]
+            info["contrast_labels"] = [f"{position:02d}-{run.tokens.words[position]}-vs-runner-up" for position in run.chosen]
             info["contrast_scores"] = record.scores[0, count:].numpy()
         return Explanation(
             kind=self.kind,

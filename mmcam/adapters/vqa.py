@@ -205,6 +205,7 @@ class VQAAdapter(ScorerAdapter):
                 info["word_attributions"] = per_word(attributions[n, :count], tokens[n])
             if contrast:
                 info["contrast"] = maps[n][count:]
+                info["contrast_labels"] = [f"{contrast[0]}-vs-{contrast[1]}"]
             results.append(
                 Explanation(
                     kind=self.kind,
