@@ -46,19 +46,10 @@ def median_seconds(functions: dict[str, Callable[[], object]], repeats: int) -> 
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-@section("classify")
-def classify(args: argparse.Namespace) -> dict:
-    """EfficientNet-Lite0, batch 8 at 224 px, Grad-CAM of each image's top class on bn2,
-    upsampled to 224 and normalised, by every library."""
+def _efficientnet_batch():
+    """EfficientNet-Lite0, a seeded batch of 8 images at 224 px and each one's top class."""
     import warnings
 
-    from captum.attr import LayerAttribution, LayerGradCam
-    from pytorch_grad_cam import GradCAM as PeerGradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from mmcam import GradCAM
-    from mmcam.core.maps import normalize
-    from mmcam.targets import TopClassTarget
     from models.efficientnet_lite0 import load_efficientnet_lite0
 
     warnings.filterwarnings("ignore")
@@ -67,6 +58,22 @@ def classify(args: argparse.Namespace) -> dict:
     images = torch.randn(8, 3, 224, 224)
     with torch.no_grad():
         top = model(images).argmax(dim=1).tolist()
+    return model, images, top
+
+
+@section("classify")
+def classify(args: argparse.Namespace) -> dict:
+    """EfficientNet-Lite0, batch 8 at 224 px, Grad-CAM of each image's top class on bn2,
+    upsampled to 224 and normalised, by every library."""
+    from captum.attr import LayerAttribution, LayerGradCam
+    from pytorch_grad_cam import GradCAM as PeerGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from mmcam import GradCAM
+    from mmcam.core.maps import normalize
+    from mmcam.targets import TopClassTarget
+
+    model, images, top = _efficientnet_batch()
 
     def ours():
         with GradCAM(model, "bn2") as cam:
@@ -169,22 +176,14 @@ def caption(args: argparse.Namespace) -> dict:
 def guided(args: argparse.Namespace) -> dict:
     """Guided Grad-CAM for a batch of 8 (EfficientNet-Lite0, 224 px, top class): mmcam's
     batched pass vs pytorch-grad-cam, whose Guided Backprop takes one image at a time."""
-    import warnings
-
     from pytorch_grad_cam import GradCAM as PeerGradCAM
     from pytorch_grad_cam import GuidedBackpropReLUModel
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from mmcam import guided_gradcam
     from mmcam.targets import TopClassTarget
-    from models.efficientnet_lite0 import load_efficientnet_lite0
 
-    warnings.filterwarnings("ignore")
-    model = load_efficientnet_lite0()
-    torch.manual_seed(0)
-    images = torch.randn(8, 3, 224, 224)
-    with torch.no_grad():
-        top = model(images).argmax(dim=1).tolist()
+    model, images, top = _efficientnet_batch()
 
     def ours():
         return guided_gradcam(model, images, [TopClassTarget()], layer="bn2")

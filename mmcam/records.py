@@ -18,6 +18,10 @@ def _place(explanation: Explanation, target: int, heatmap: str | None) -> dict[s
     }
 
 
+def _head(explanation: Explanation, image: str) -> dict[str, Any]:
+    return {"image": image, "model": explanation.model, "layer": explanation.layer, "method": explanation.method}
+
+
 def _heatmap_paths(explanation: Explanation, written: Sequence[dict[str, str]] | None) -> list[str | None]:
     return [paths["heatmap"] for paths in written] if written else [None] * len(explanation)
 
@@ -26,10 +30,7 @@ def classify_record(explanation: Explanation, image: str, written: Sequence[dict
     """``mmcam classify --json``: image, model, layer, method, top-5 predictions, explanations."""
     heatmaps = _heatmap_paths(explanation, written)
     return {
-        "image": image,
-        "model": explanation.model,
-        "layer": explanation.layer,
-        "method": explanation.method,
+        **_head(explanation, image),
         "predictions": explanation.info["predictions"],
         "explanations": [
             {
@@ -49,10 +50,7 @@ def caption_record(explanation: Explanation, image: str, written: Sequence[dict[
     """``mmcam caption --json``: image, model, layer, method, caption, one entry per word."""
     heatmaps = _heatmap_paths(explanation, written)
     return {
-        "image": image,
-        "model": explanation.model,
-        "layer": explanation.layer,
-        "method": explanation.method,
+        **_head(explanation, image),
         "caption": explanation.info["caption"],
         "words": [
             {
