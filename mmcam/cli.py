@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -413,10 +413,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     index = run_demo(prepare_out(args.out))
     print(f"mmcam demo: wrote {index}")
     return 0
-
-
-def _entry() -> Callable[[], int]:  # pragma: no cover
-    return main
 
 
 if __name__ == "__main__":  # pragma: no cover
