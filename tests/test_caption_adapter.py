@@ -67,8 +67,16 @@ def test_words_subset_by_word_and_contrast_maps(adapter, scene) -> None:
     assert explanation.info["contrast"].shape == (2, 128, 128)
     assert explanation.attention.shape == (2, 128, 128)
     assert explanation.counterfactual.shape == (2, 128, 128)
-    # log p(w) - log p(runner-up) <= log p(w) - log p(any other word)
-    assert np.all(np.isfinite(explanation.info["contrast_scores"]))
+    # the contrast is log p(w) minus the log-prob of the most likely OTHER token at that step
+    tokens = adapter.scorer.tokenize("a red circle")
+    images = adapter.scorer.preprocess(scene.image)[None]
+    with torch.no_grad():
+        logprobs = adapter.scorer.score(images, torch.tensor([tokens.ids])).logprobs[0]
+    for contrast, position in zip(explanation.info["contrast_scores"], [2, 1], strict=True):
+        others = logprobs[position].clone()
+        others[tokens.ids[position]] = float("-inf")
+        expected = logprobs[position, tokens.ids[position]] - others.max()
+        assert contrast == pytest.approx(float(expected), abs=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ def test_bad_targets_give_clear_errors(tiny_cnn, images) -> None:
             cam(images, [lambda output: output[:, 0] * float("nan")])
         with pytest.raises(ValueError, match="do not depend on the hooked layer"):
             cam(images, [lambda output: torch.ones(3)])
-        with pytest.raises(ValueError, match="3 class indices given for a batch of 3|batch of 3"):
+        with pytest.raises(ValueError, match="2 class indices given for a batch of 3"):
             cam(images, [ClassTarget([0, 1])])
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core import GradCAM
-from ..core.layers import LayerSpec
+from ..core.layers import LayerSpec, resolve_layer
 from ..explanation import Explanation
 from ..io import ImageLike, InputError, load_image, to_tensor
 from ..targets import ClassTarget, TopClassTarget
@@ -36,7 +36,7 @@ class ClassifierAdapter:
     kind: str = "classify"
 
     def __post_init__(self) -> None:
-        self.layer_name = GradCAM(self.model, self.layer).layer_name
+        self.layer_name = resolve_layer(self.model, self.layer)[0]
 
     def class_index(self, target: ClassRef) -> int:
         """The index of a class given by index or by label (case-insensitive)."""
