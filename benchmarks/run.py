@@ -50,7 +50,7 @@ def _efficientnet_batch():
     """EfficientNet-Lite0, a seeded batch of 8 images at 224 px and each one's top class."""
     import warnings
 
-    from models.efficientnet_lite0 import load_efficientnet_lite0
+    from mmcam.models.efficientnet_lite0 import load_efficientnet_lite0
 
     warnings.filterwarnings("ignore")
     model = load_efficientnet_lite0()
@@ -109,7 +109,7 @@ def _captioner():
     """The shipped captioner's scorer and a generated test scene, preprocessed."""
     from mmcam.adapters.shapes_captioner import ShapesCaptionerScorer
     from mmcam.data.scenes import make_split
-    from models.captioner import load_shapes_captioner
+    from mmcam.models.captioner import load_shapes_captioner
 
     scorer = ShapesCaptionerScorer(load_shapes_captioner())
     image = scorer.preprocess(make_split("test", 1)[0].image)[None]

@@ -61,7 +61,7 @@ def load(name_or_path: str | os.PathLike, *, weights: str | os.PathLike | None =
         )
     else:
         _load_weights(model, Path(weights))
-    from models.efficientnet_lite0 import IMAGENET_MEAN, IMAGENET_STD, imagenet_labels
+    from mmcam.models.efficientnet_lite0 import IMAGENET_MEAN, IMAGENET_STD, imagenet_labels
 
     from .adapters.classifier import ClassifierAdapter
 

@@ -7,7 +7,7 @@ from .registry import shipped
 
 @shipped("efficientnet_lite0")
 def _efficientnet_lite0(layer: str | None = None):
-    from models.efficientnet_lite0 import (
+    from mmcam.models.efficientnet_lite0 import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         INPUT_SIZE,
@@ -36,7 +36,7 @@ CAPTION_DEFAULT_METHOD = "guided_hirescam"
 
 @shipped("shapes-captioner")
 def _shapes_captioner(layer: str | None = None):
-    from models.captioner import load_shapes_captioner
+    from mmcam.models.captioner import load_shapes_captioner
 
     from .adapters.captioning import CaptionAdapter
     from .adapters.shapes_captioner import ShapesCaptionerScorer
@@ -54,7 +54,7 @@ VQA_DEFAULT_METHOD = "guided_gradcam"
 
 @shipped("easy-vqa")
 def _easy_vqa(layer: str | None = None):
-    from models.vqa import load_easy_vqa
+    from mmcam.models.vqa import load_easy_vqa
 
     from .adapters.easy_vqa import EasyVQAScorer
     from .adapters.vqa import VQAAdapter

@@ -20,7 +20,7 @@ from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 from torch import Tensor
 
 from mmcam.data.scenes import Scene, iter_split
-from models.captioner import DEFAULT_WEIGHTS, ShapesCaptioner, load_shapes_captioner, save_shapes_captioner
+from mmcam.models.captioner import DEFAULT_WEIGHTS, ShapesCaptioner, load_shapes_captioner, save_shapes_captioner
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import easy_vqa
 import torch
 from torch import Tensor, nn
 
-from models.easy_vqa_data import EasyVQASplit, build_vocab, load_easy_vqa_split, load_split_questions
-from models.vqa import DEFAULT_WEIGHTS, EasyVQANet, save_easy_vqa
+from mmcam.models.easy_vqa_data import EasyVQASplit, build_vocab, load_easy_vqa_split, load_split_questions
+from mmcam.models.vqa import DEFAULT_WEIGHTS, EasyVQANet, save_easy_vqa
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ from mmcam.adapters.captioning import CaptionAdapter, CaptionScorer
 from mmcam.adapters.shapes_captioner import ShapesCaptionerScorer
 from mmcam.data.scenes import make_split
 from mmcam.errors import InputError
-from models.captioner import CaptionerConfig, ShapesCaptioner
+from mmcam.models.captioner import CaptionerConfig, ShapesCaptioner
 
 
 @pytest.fixture(scope="module")

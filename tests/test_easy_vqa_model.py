@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from mmcam.text import tokenize
-from models.easy_vqa_data import EasyVQASplit, load_easy_vqa_split
-from models.vqa import DEFAULT_WEIGHTS, EasyVQANet, load_easy_vqa, save_easy_vqa
+from mmcam.models.easy_vqa_data import EasyVQASplit, load_easy_vqa_split
+from mmcam.models.vqa import DEFAULT_WEIGHTS, EasyVQANet, load_easy_vqa, save_easy_vqa
 
 # The first 100 test questions (about 11 images); the shipped model answers every one correctly.
 FIRST_TEST_QUESTIONS = 100

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmcam.data.scenes import Scene, make_split
-from models.captioner import DEFAULT_WEIGHTS, ShapesCaptioner, load_shapes_captioner, save_shapes_captioner
+from mmcam.models.captioner import DEFAULT_WEIGHTS, ShapesCaptioner, load_shapes_captioner, save_shapes_captioner
 
 N_EXACT = 40  # the first test-split scenes, all captioned exactly by the shipped weights (scene 46 is not)
 

@@ -14,7 +14,7 @@ from mmcam.adapters.easy_vqa import EasyVQAScorer
 from mmcam.adapters.vqa import QuestionTokens, VQAAdapter, VQAScorer
 from mmcam.errors import InputError
 from mmcam.io import to_tensor
-from models.vqa import EasyVQANet
+from mmcam.models.vqa import EasyVQANet
 
 VOCAB = ["<pad>", "<unk>", "what", "color", "is", "the", "shape", "circle", "there", "a"]
 

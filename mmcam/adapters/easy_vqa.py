@@ -1,4 +1,4 @@
-"""The :class:`VQAScorer` of mmcam's shipped easy-VQA model (``models/vqa.py``)."""
+"""The :class:`VQAScorer` of mmcam's shipped easy-VQA model (``mmcam/models/vqa.py``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from models.easy_vqa_data import UNKNOWN_INDEX, pad_question_ids
-from models.vqa import EasyVQANet
+from mmcam.models.easy_vqa_data import UNKNOWN_INDEX, pad_question_ids
+from mmcam.models.vqa import EasyVQANet
 
 from ..io import to_tensor
 from ..text import tokenize

@@ -1,4 +1,4 @@
-"""The :class:`CaptionScorer` of mmcam's shipped scene captioner (``models/captioner.py``)."""
+"""The :class:`CaptionScorer` of mmcam's shipped scene captioner (``mmcam/models/captioner.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.captioner import SPECIAL_TOKENS, ShapesCaptioner
+from mmcam.models.captioner import SPECIAL_TOKENS, ShapesCaptioner
 
 from ..errors import InputError
 from ..io import to_tensor

@@ -21,7 +21,7 @@ def easy_vqa_items(vocab: list[str], limit: int | None = None, color_or_shape_on
     should land on the shape)."""
     import easy_vqa
 
-    from models.easy_vqa_data import load_easy_vqa_split
+    from mmcam.models.easy_vqa_data import load_easy_vqa_split
 
     split = load_easy_vqa_split("test", vocab)
     answers = easy_vqa.get_answers()

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.easy_vqa_data import PAD_INDEX, encode_words
+from mmcam.models.easy_vqa_data import PAD_INDEX, encode_words
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "easy_vqa.safetensors"
 
@@ -130,7 +130,7 @@ def save_easy_vqa(model: EasyVQANet, path: str | os.PathLike) -> None:
 
 
 def load_easy_vqa(path: str | os.PathLike | None = None) -> EasyVQANet:
-    """The trained model in eval mode; default: the shipped ``models/weights/easy_vqa.safetensors``."""
+    """The trained model in eval mode; default: the shipped ``mmcam/models/weights/easy_vqa.safetensors``."""
     weights_path = Path(path) if path is not None else DEFAULT_WEIGHTS
     description_path = weights_path.with_suffix(".json")
     if not weights_path.is_file() or not description_path.is_file():
