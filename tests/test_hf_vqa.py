@@ -129,6 +129,42 @@ def test_blip_explains_any_answer_text_and_the_top_beams() -> None:
         loaded.explain(image_file(), QUESTIONS[0], [0])
 
 
+def _same_explanation(together, alone) -> None:
+    assert together.labels == alone.labels
+    assert together.info["answer"] == alone.info["answer"]
+    assert [t["answer"] for t in together.info["top"]] == [t["answer"] for t in alone.info["top"]]
+    np.testing.assert_allclose(
+        [t["probability"] for t in together.info["top"]], [t["probability"] for t in alone.info["top"]], rtol=1e-5
+    )
+    assert together.info["probability"] == pytest.approx(alone.info["probability"], rel=1e-5)
+    np.testing.assert_allclose(together.info["probabilities"], alone.info["probabilities"], rtol=1e-5)
+    np.testing.assert_allclose(together.scores, alone.scores, atol=1e-5)
+    np.testing.assert_allclose(together.heatmaps, alone.heatmaps, atol=1e-5)
+    np.testing.assert_allclose(together.info["word_attributions"], alone.info["word_attributions"], rtol=1e-4, atol=1e-5)
+
+
+def test_blip_batch_items_get_the_answers_they_get_alone(images) -> None:
+    """Each item is scored on its own candidates: a batch neighbour's generated (or given)
+    answer never becomes an item's answer, nor enters its ranking."""
+    loaded = adapter("blip-vqa")
+    pictures = [*images, np.ascontiguousarray(images[0][:, ::-1, ::-1])]
+    questions = [*QUESTIONS, "what shape is on the left"]
+    together = loaded.explain_batch(pictures, questions, top=2)
+    alone = [loaded.explain(picture, question, top=2) for picture, question in zip(pictures, questions, strict=True)]
+    own = [{t["answer"] for t in explanation.info["top"]} for explanation in alone]
+    assert own[0] != own[1] and own[1] != own[2]  # the items' generated answers differ: pooling would show
+    for n in range(3):
+        _same_explanation(together[n], alone[n])
+        assert {t["answer"] for t in together[n].info["top"]} == own[n]
+    given = [["red", "blue"], ["green triangle", "yes"], ["circle", "no"]]
+    together = loaded.explain_batch(pictures, questions, given, contrast=("red", "no"))
+    for n in range(3):
+        alone = loaded.explain_batch([pictures[n]], [questions[n]], [given[n]], contrast=("red", "no"))[0]
+        _same_explanation(together[n], alone)
+        np.testing.assert_allclose(together[n].info["contrast"], alone.info["contrast"], atol=1e-5)
+        assert {t["answer"] for t in together[n].info["top"]} == {*given[n], "red", "no"}
+
+
 @pytest.mark.parametrize("family", ["vilt", "blip-vqa"])
 def test_explaining_leaves_the_model_and_random_state_unchanged(family) -> None:
     loaded = adapter(family)

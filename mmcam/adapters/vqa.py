@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -110,6 +110,20 @@ class VQAAdapter(ScorerAdapter):
         """Explain one (image, question); see :meth:`explain_batch`."""
         return self.explain_batch([image], [question], [answers] if answers else None, **options)[0]
 
+    def answer_choices(
+        self,
+        images: Sequence[LoadedImage],
+        questions: Sequence[QuestionTokens],
+        answers: Sequence[Sequence[str | int] | None],
+        top: int,
+        contrast: tuple[str | int, str | int] | None,
+    ) -> AnswerChoices:
+        """Which answers each item is scored on and which of them are explained: here the
+        model's fixed answer list, the same for every item."""
+        wanted = [[self.answer_index(answer) for answer in item] if item else None for item in answers]
+        pair = (self.answer_index(contrast[0]), self.answer_index(contrast[1])) if contrast else None
+        return AnswerChoices([self.answers] * len(wanted), wanted, pair, self.scorer.score)
+
     def run(
         self,
         images: Sequence[ImageLike],
@@ -125,20 +139,25 @@ class VQAAdapter(ScorerAdapter):
         want several methods' maps from the same gradients (evaluation)."""
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
+        given = list(answers) if answers else [None] * len(images)
+        if len(given) != len(images):
+            raise InputError(f"{len(images)} images but {len(given)} answer lists")
         loaded = [load_image(image) for image in images]
         tokens = [self.question_tokens(question) for question in questions]
-        wanted = [[self.answer_index(a) for a in item] if item else None for item in (answers or [None] * len(images))]
-        if any(item is None for item in wanted) and not 1 <= top <= len(self.answers):
-            raise InputError(f"cannot explain the top {top} answers: {self.name} has {len(self.answers)} answers")
-        counts = {len(item) if item else top for item in wanted}
+        choices = self.answer_choices(loaded, tokens, given, top, contrast)
+        for n, item in enumerate(choices.wanted):
+            if item is None and not 1 <= top <= len(choices.answers[n]):
+                raise InputError(f"cannot explain the top {top} answers: {self.name} has {len(choices.answers[n])} answers")
+        counts = {len(item) if item else top for item in choices.wanted}
         if len(counts) != 1:
             raise InputError("every item of a minibatch must explain the same number of answers")
         (count,) = counts
         targets = [
-            ChosenClassTarget(tuple(item[k] if item else None for item in wanted), rank=k) for k in range(count)
+            ChosenClassTarget(tuple(item[k] if item else None for item in choices.wanted), rank=k)
+            for k in range(count)
         ]
-        if contrast:
-            targets.append(ContrastTarget(self.answer_index(contrast[0]), self.answer_index(contrast[1])))
+        if choices.contrast:
+            targets.append(ContrastTarget(*choices.contrast))
         method = method or self.default_method
         base_method, guided_method = split_method(method)
         guided = guided or guided_method
@@ -147,13 +166,13 @@ class VQAAdapter(ScorerAdapter):
             self.scorer.layer,
             method=base_method,
             reshape=self.scorer.reshape,
-            forward=self.scorer.score,
+            forward=choices.forward,
             extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
         )
         batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
         question_ids = self.scorer.collate(tokens)
         record = cam.gradients((batch, question_ids), targets, guided=guided)
-        return VQARun(cam, record, loaded, tokens, wanted, count, batch, question_ids, method)
+        return VQARun(cam, record, loaded, tokens, choices.wanted, count, batch, question_ids, method, choices.answers)
 
     def explain_batch(
         self,
@@ -175,6 +194,7 @@ class VQAAdapter(ScorerAdapter):
         """
         run = self.run(images, questions, answers, top=top, method=method, guided=guided, contrast=contrast)
         cam, record, loaded, tokens, wanted, count = run.cam, run.record, run.images, run.questions, run.wanted, run.count
+        candidates = run.answers
         method = run.method
         sizes = [item.size for item in loaded]
         maps = maps_at_original_size(cam, record, sizes, method=method)
@@ -188,14 +208,14 @@ class VQAAdapter(ScorerAdapter):
         results = []
         for n, item in enumerate(loaded):
             chosen = wanted[n] or probabilities[n].topk(count).indices.tolist()
-            ranked = probabilities[n].topk(min(max(5, count), len(self.answers)))
+            ranked = probabilities[n].topk(min(max(5, count), len(candidates[n])))
             info = {
                 "question": questions[n],
-                "answer": self.answers[int(probabilities[n].argmax())],
+                "answer": candidates[n][int(probabilities[n].argmax())],
                 "probability": float(probabilities[n].max()),
                 "probabilities": [float(probabilities[n, index]) for index in chosen],
                 "top": [
-                    {"answer": self.answers[int(i)], "probability": float(p)}
+                    {"answer": candidates[n][int(i)], "probability": float(p)}
                     for p, i in zip(ranked.values, ranked.indices, strict=True)
                 ],
                 "question_words": list(tokens[n].words),
@@ -213,7 +233,7 @@ class VQAAdapter(ScorerAdapter):
                     model=self.name,
                     layer=cam.layer_name,
                     method=method,
-                    labels=[self.answers[i] for i in chosen],
+                    labels=[candidates[n][i] for i in chosen],
                     indices=list(chosen),
                     scores=record.scores[n, :count].numpy(),
                     heatmaps=maps[n][:count],
@@ -226,10 +246,24 @@ class VQAAdapter(ScorerAdapter):
 
 
 @dataclass(frozen=True)
+class AnswerChoices:
+    """Per item n: ``answers[n]``, the answers it is scored on (the columns of its row of
+    scores); ``wanted[n]``, the positions in them of the answers to explain (None: its best
+    ``count``); the contrast's positions (one for all items, or one per item), or None; and
+    ``forward``, the scoring function ``(images, question_ids) -> (N, A)``."""
+
+    answers: list[list[str]]
+    wanted: list[list[int] | None]
+    contrast: tuple[int | Sequence[int], int | Sequence[int]] | None
+    forward: Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
 class VQARun:
     """One forward and backward pass over a minibatch: the engine, its record (targets: the
     answers, then the contrast if asked), the images, the questions' tokens, the given answers
-    per item (None: the best ``count``), the model's inputs."""
+    per item (None: the best ``count``), the model's inputs, and per item the answers its
+    scores are over (``record.output[n, a]`` scores ``answers[n][a]``)."""
 
     cam: GradCAM
     record: GradientRecord
@@ -240,6 +274,7 @@ class VQARun:
     pixels: Tensor
     question_ids: Tensor
     method: str
+    answers: list[list[str]]
 
 
 def per_word(attributions: np.ndarray, question: QuestionTokens) -> np.ndarray:

@@ -9,8 +9,9 @@ different answers). Their probabilities are exp(y^c), not a softmax over the can
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,14 @@ from torch import Tensor, nn
 
 from ...core.hooks import eval_mode
 from ...errors import InputError
-from ...io import ImageLike, load_image
-from ..vqa import QuestionTokens, VQAAdapter, VQARun
+from ...io import LoadedImage
+from ..vqa import AnswerChoices, QuestionTokens, VQAAdapter
 from .preprocess import ImageSettings
 from .words import encode_words
+
+
+Candidate = tuple[str, tuple[int, ...]]
+"""A candidate answer of a generative model: its text and its token ids."""
 
 
 def question_tokens(tokenizer: Any, question: str, max_length: int | None) -> QuestionTokens:
@@ -99,7 +104,8 @@ class BlipAnswerScorer(_QuestionReader):
     cross-attention to the image, and the text decoder reads ``bos + answer + end`` with
     cross-attention to the question; decoder row t scores the token at position t + 1. The
     decoder reads each item's question unpadded, so an item scores the same alone and in a
-    minibatch, and as ``generate`` scores it. ``answers`` is the current candidate list (see
+    minibatch, and as ``generate`` scores it. BLIP has no fixed answer list (``answers`` is
+    empty): :meth:`score` takes each item's candidate answers (see
     :class:`GenerativeVQAAdapter`).
     """
 
@@ -110,34 +116,24 @@ class BlipAnswerScorer(_QuestionReader):
     bos_id: int = 0
     end_id: int = 0
     max_new_tokens: int = 10
-    answers: list[str] = field(default_factory=list)
-    answer_ids: list[tuple[int, ...]] = field(default_factory=list)
+    answers: tuple[str, ...] = ()
 
-    def clear_answers(self) -> None:
-        self.answers.clear()
-        self.answer_ids.clear()
-
-    def add_answer(self, answer: str, ids: Sequence[int] | None = None) -> int:
-        """Index of candidate ``answer`` (added when new); ``ids`` are its tokens, by default the
-        tokenizer's reading of the text."""
+    def answer_tokens(self, answer: str) -> Candidate:
+        """An answer text (whitespace normalised) and its tokens as the tokenizer reads it;
+        InputError for an empty answer or one with words the tokenizer cannot read."""
         text = " ".join(answer.split())
-        known = [candidate.lower() for candidate in self.answers]
-        if text.lower() in known:
-            return known.index(text.lower())
-        if ids is None:
-            ids, pieces = encode_words(self.tokenizer, text, special_tokens=False)
-            if not ids:
-                raise InputError(f"the answer {answer!r} has no tokens")
-            if pieces.unknown:
-                unknown = ", ".join(pieces.words[w] for w in pieces.unknown)
-                raise InputError(f"answer words {self.name}'s tokenizer cannot read (unknown token): {unknown}")
-        self.answers.append(text)
-        self.answer_ids.append(tuple(ids))
-        return len(self.answers) - 1
+        ids, pieces = encode_words(self.tokenizer, text, special_tokens=False)
+        if not ids:
+            raise InputError(f"the answer {answer!r} has no tokens")
+        if pieces.unknown:
+            unknown = ", ".join(pieces.words[w] for w in pieces.unknown)
+            raise InputError(f"answer words {self.name}'s tokenizer cannot read (unknown token): {unknown}")
+        return text, tuple(ids)
 
-    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
         """Per item, the model's ``count`` best non-empty answers (greedy, or beam search) as
-        (text, ids); each item generates with its question unpadded (see :meth:`score`)."""
+        (text, ids), fewer when the beams read alike; each item generates with its question
+        unpadded (see :meth:`score`)."""
         beams = 1 if count == 1 else 2 * count  # spare beams: two token sequences may read the same
         answers = []
         with torch.no_grad(), eval_mode(self.model):
@@ -151,28 +147,32 @@ class BlipAnswerScorer(_QuestionReader):
                     min_new_tokens=1,  # an empty answer answers nothing
                     max_new_tokens=self.max_new_tokens,
                 )
-                distinct = {}
+                distinct: dict[str, Candidate] = {}
                 for sequence in sequences.tolist():
                     text, ids = self._answer_of(sequence)
                     distinct.setdefault(text.lower(), (text, ids))
                 answers.append(list(distinct.values())[:count])
         return answers
 
-    def _answer_of(self, sequence: list[int]) -> tuple[str, tuple[int, ...]]:
+    def _answer_of(self, sequence: list[int]) -> Candidate:
         ids = sequence[1:]  # after the decoder's bos
         ids = ids[: ids.index(self.end_id)] if self.end_id in ids else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or self.tokenizer.decode(ids).strip()
         return text or "<empty>", tuple(ids)
 
-    def score(self, images: Tensor, question_ids: Tensor) -> Tensor:
-        """log p(answer c | image n, question n), shape (N, A).
+    def score(self, images: Tensor, question_ids: Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> Tensor:
+        """log p(answer a | image n, question n) for the token ids ``candidates[n][a]`` of item
+        n's candidate answers, shape (N, A) with A the most candidates of any item; an item's
+        columns past its own candidates hold -inf (probability 0).
 
         The image and question encoders run once for the minibatch (the question's
-        self-attention masks its padding); the answer decoder runs per item on the question's
-        unpadded states, because BLIP's text cross-attention drops its mask in transformers 5.x
-        and would read the padding.
+        self-attention masks its padding); the answer decoder runs per item, on its own
+        candidates and its question's unpadded states, because BLIP's text cross-attention
+        drops its mask in transformers 5.x and would read the padding.
         """
-        if not self.answer_ids:
+        if len(candidates) != question_ids.shape[0]:
+            raise ValueError(f"{len(candidates)} candidate lists given for a batch of {question_ids.shape[0]}")
+        if not all(candidates):
             raise InputError("no candidate answers to score; give --answer or let the model generate one")
         question_mask = self.question_mask(question_ids)
         image_states = self.model.vision_model(pixel_values=images).last_hidden_state
@@ -180,25 +180,30 @@ class BlipAnswerScorer(_QuestionReader):
             input_ids=question_ids, attention_mask=question_mask, encoder_hidden_states=image_states
         ).last_hidden_state
         lengths = question_mask.sum(dim=1).tolist()
-        return torch.cat([self._answer_logprobs(question_states[n : n + 1, :length]) for n, length in enumerate(lengths)])
+        rows = [
+            self._answer_logprobs(question_states[n : n + 1, :length], candidates[n])
+            for n, length in enumerate(lengths)
+        ]
+        width = max(row.shape[0] for row in rows)
+        return torch.stack([nn.functional.pad(row, (0, width - row.shape[0]), value=-torch.inf) for row in rows])
 
     def _unpadded(self, question_ids: Tensor) -> list[Tensor]:
         lengths = self.question_mask(question_ids).sum(dim=1).tolist()
         return [question_ids[n : n + 1, :length] for n, length in enumerate(lengths)]
 
-    def _answer_logprobs(self, question_states: Tensor) -> Tensor:
-        """(1, A): each candidate's summed token log-probs given one question's states (1, L, C)."""
+    def _answer_logprobs(self, question_states: Tensor, candidates: Sequence[Sequence[int]]) -> Tensor:
+        """(A,): each candidate's summed token log-probs given one question's states (1, L, C)."""
         device = question_states.device
-        decoder_ids = pad_ids([(self.bos_id, *ids, self.end_id) for ids in self.answer_ids], self.pad_id).to(device)
-        decoder_mask = pad_ids([[1] * (len(ids) + 2) for ids in self.answer_ids], 0).to(device)
+        decoder_ids = pad_ids([(self.bos_id, *ids, self.end_id) for ids in candidates], self.pad_id).to(device)
+        decoder_mask = pad_ids([[1] * (len(ids) + 2) for ids in candidates], 0).to(device)
         logits = self.model.text_decoder(
             input_ids=decoder_ids,
             attention_mask=decoder_mask,
-            encoder_hidden_states=question_states.expand(len(self.answer_ids), -1, -1),
+            encoder_hidden_states=question_states.expand(len(candidates), -1, -1),
         ).logits
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         token_logprobs = logprobs.gather(2, decoder_ids[:, 1:, None]).squeeze(2) * decoder_mask[:, 1:]
-        return token_logprobs.sum(dim=1)[None]
+        return token_logprobs.sum(dim=1)
 
     def probabilities(self, scores: Tensor) -> Tensor:
         """p(answer) = exp(log p(answer)): the scores are log-probs of whole answers already."""
@@ -209,45 +214,57 @@ class BlipAnswerScorer(_QuestionReader):
 class GenerativeVQAAdapter(VQAAdapter):
     """:class:`~mmcam.adapters.vqa.VQAAdapter` for a model that generates its answers.
 
-    Each call builds its candidate answers afresh: the answers asked for (any text), then for
-    the items that ask for none, the model's ``top`` answers (greedy for 1, beam search with
-    ``top`` beams otherwise). Every item is scored against all candidates of its minibatch, so an
-    item's best candidate (``info["answer"]``) can be another item's generated answer when the
-    model finds it more likely. Not thread-safe: the candidate list belongs to the scorer.
+    Each item gets its own candidate answers, built afresh per call: the answers it asks for
+    (any text) or, when it asks for none, the model's ``top`` answers to its question (greedy
+    for 1, beam search otherwise), then the contrast's answers. An item is scored against its
+    own candidates only, so its answer, ranking and probabilities are those it gets alone.
     """
 
     scorer: BlipAnswerScorer
 
     def answer_index(self, answer: str | int) -> int:
+        """A generative model has no answer list, so no answer has an index: this checks that
+        ``answer`` is text the model can read (InputError otherwise) and returns -1."""
+        self._candidate(answer)
+        return -1
+
+    def _candidate(self, answer: str | int) -> Candidate:
         if isinstance(answer, (int, np.integer)):
             raise InputError(f"{self.name} generates its answers and has no answer list; give answers as text")
-        return self.scorer.add_answer(answer)
+        return self.scorer.answer_tokens(answer)
 
-    def run(
+    def answer_choices(
         self,
-        images: Sequence[ImageLike],
-        questions: Sequence[str],
-        answers: Sequence[Sequence[str | int] | None] | None = None,
-        *,
-        top: int = 1,
-        contrast: tuple[str | int, str | int] | None = None,
-        **options: Any,
-    ) -> VQARun:
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images but {len(questions)} questions")
-        loaded = [load_image(image) for image in images]
-        self.scorer.clear_answers()
-        given = list(answers) if answers else [None] * len(loaded)
-        for item in given:
-            for answer in item or ():
-                self.answer_index(answer)
-        for answer in contrast or ():
-            self.answer_index(answer)
-        asking = [n for n, item in enumerate(given) if not item]
+        images: Sequence[LoadedImage],
+        questions: Sequence[QuestionTokens],
+        answers: Sequence[Sequence[str | int] | None],
+        top: int,
+        contrast: tuple[str | int, str | int] | None,
+    ) -> AnswerChoices:
+        """Per item: its given answers or its ``top`` generated ones, then the contrast's."""
+        given = [[self._candidate(answer) for answer in item] if item else None for item in answers]
+        contrasted = [self._candidate(answer) for answer in contrast or ()]
+        asking = [n for n, item in enumerate(given) if item is None]
+        generated: dict[int, list[Candidate]] = {}
         if asking:
-            pixels = torch.stack([self.scorer.preprocess(loaded[n].pixels) for n in asking])
-            question_ids = self.scorer.collate([self.scorer.tokenize(questions[n]) for n in asking])
-            for generated in self.scorer.generate_answers(pixels, question_ids, top):
-                for text, ids in generated:
-                    self.scorer.add_answer(text, ids)
-        return super().run(loaded, questions, answers, top=top, contrast=contrast, **options)
+            pixels = torch.stack([self.scorer.preprocess(images[n].pixels) for n in asking])
+            question_ids = self.scorer.collate([questions[n] for n in asking])
+            generated = dict(zip(asking, self.scorer.generate_answers(pixels, question_ids, top), strict=True))
+        texts, ids, wanted = [], [], []
+        for n, item in enumerate(given):
+            own = item if item is not None else generated[n]
+            if len(own) < top and item is None:
+                question = " ".join(questions[n].words)
+                raise InputError(f"{self.name} gave {len(own)} distinct answers to {question!r}, fewer than the top {top} asked for")
+            candidates: dict[str, Candidate] = {}  # by lower-cased text: "Red" and "red" are one answer
+            for text, tokens in [*own, *contrasted]:
+                candidates.setdefault(text.lower(), (text, tokens))
+            keys = list(candidates)
+            texts.append([text for text, _ in candidates.values()])
+            ids.append([tokens for _, tokens in candidates.values()])
+            wanted.append(None if item is None else [keys.index(text.lower()) for text, _ in item])
+        pair = None
+        if contrasted:
+            lowered = [[text.lower() for text in item] for item in texts]
+            pair = tuple([item.index(text.lower()) for item in lowered] for text, _ in contrasted)
+        return AnswerChoices(texts, wanted, pair, functools.partial(self.scorer.score, candidates=ids))
