@@ -2,8 +2,9 @@
 
 Hidden size 32, one layer, 32x32 images, patch 8 (a 4x4 grid); tokenizers built locally (a
 WordPiece vocabulary for BERT-style models, a byte-level BPE trained on a few sentences for
-GPT-2). Each folder holds the model and its processor (or image processor and tokenizer), as
-written by ``save_pretrained``, and is built once per test session.
+GPT-2, a SentencePiece-style Unigram vocabulary). Each folder holds the model and its processor
+(or image processor and tokenizer), as written by ``save_pretrained``, and is built once per
+test session.
 """
 
 from __future__ import annotations
@@ -68,6 +69,29 @@ def gpt2_tokenizer():
     tokenizer.train_from_iterator(SENTENCES * 4 + [" .", " ?"], trainer)
     end = "<|endoftext|>"
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=end, eos_token=end, pad_token=end)
+
+
+SENTENCEPIECES = [
+    "▁a", "▁red", "▁blue", "▁circle", "▁square", "▁on", "▁the", "▁left", "Red", "Blue", "tri", "angle", "▁", ".",
+    ",", "-", "(", ")", "s",
+]
+
+
+def sentencepiece_tokenizer(cased: bool = True):
+    """A SentencePiece-style Unigram tokenizer (``▁`` marks a word start, Metaspace pre-tokenizer
+    and decoder, like T5's and Llama's): the vocabulary has "▁red" but only "Red" for the
+    capital, so "Red" is read as a lone "▁" and "Red"; an uncased one lower-cases first."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    letters = [char for char in "abcdefghijklmnopqrstuvwxyzRB" if char not in SENTENCEPIECES]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *((p, -2.0) for p in SENTENCEPIECES), *((c, -6.0) for c in letters)]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    if not cased:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def _output_bias(model) -> torch.Tensor:
@@ -212,6 +236,24 @@ def build_ved_convnext_gpt2(folder: Path) -> None:
     ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
 
 
+def build_ved_vit_sentencepiece(folder: Path) -> None:
+    """ViT encoder, GPT-2 decoder, the cased SentencePiece tokenizer (T5's conventions: the
+    decoder starts from <pad> and stops at </s>)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel
+
+    tokenizer = sentencepiece_tokenizer(cased=True)
+    pad, end = tokenizer.pad_token_id, tokenizer.eos_token_id
+    decoder = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=32, add_cross_attention=True,
+            bos_token_id=pad, eos_token_id=end, initializer_range=0.2,
+        )
+    )
+    _encoder_decoder(folder, ViTModel(ViTConfig(**VISION)), decoder, start=pad, end=end, pad=pad)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
 def build_ved_resnet_bert(folder: Path) -> None:
     from transformers import ResNetConfig, ViTImageProcessor
 
@@ -259,6 +301,7 @@ BUILDERS = {
     "ved-vit-bert": build_ved_vit_bert,
     "ved-deit-bert": build_ved_deit_bert,
     "ved-swin-bert": build_ved_swin_bert,
+    "ved-vit-sentencepiece": build_ved_vit_sentencepiece,
     "blip-vqa": build_blip_vqa,
     "vilt": build_vilt,
 }

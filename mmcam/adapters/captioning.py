@@ -221,14 +221,15 @@ def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> l
     if not words:
         return list(range(len(tokens.words)))
     chosen = []
+    lowered = [text.lower() for text in tokens.words]  # "red" picks "Red": the caption keeps the model's case
     for word in words:
         if isinstance(word, (int, np.integer)) or str(word).lstrip("-").isdigit():
             position = int(word)
             if not 0 <= position < len(tokens.words):
                 raise InputError(f"word position {position} is outside the caption's {len(tokens.words)} words")
             chosen.append(position)
-        elif word.lower() in tokens.words:
-            chosen.append(tokens.words.index(word.lower()))
+        elif word.lower() in lowered:
+            chosen.append(lowered.index(word.lower()))
         else:
             raise InputError(f"word {word!r} is not in the caption {' '.join(tokens.words)!r}")
     return chosen

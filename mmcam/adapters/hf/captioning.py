@@ -34,8 +34,8 @@ class TransformersCaptioner:
     that are not in the text (GIT); their count is the logits' length minus the text's. After
     them, row ``len(prefix) - 1 + t`` scores caption token t. ``generate`` output begins with
     ``prefix`` and ends at the first of ``end_ids``; neither is part of the caption, so neither is
-    explained. Special and punctuation-only tokens inside a caption are scored (the model reads
-    them) but belong to no word.
+    explained. Special tokens inside a caption are scored (the model reads them) but belong to no
+    word; every other token belongs to one (see :mod:`~mmcam.adapters.hf.words`).
     """
 
     name: str
