@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ def _check_fields(record: Any, required: Sequence[str], allowed: set[str]) -> st
 
 Explain = Callable[[Sequence[BatchItem], Sequence[str]], list[dict[str, Any] | Exception]]
 
+SETTINGS_KEY = "settings"
+
 
 def run_batch(
     items: Sequence[BatchItem],
@@ -70,38 +72,74 @@ def run_batch(
     *,
     out: Path | None,
     resume: bool,
+    settings: Mapping[str, Any] | None = None,
     chunk: int = 1,
 ) -> int:
-    """Explain ``items`` in chunks; emit one record per item, in order. A failed item emits
-    ``{"image", "error"}``. With ``out``, each finished record is saved atomically as
-    ``STEM.json`` beside its maps; ``resume`` re-emits saved records instead of recomputing.
+    """Explain ``items`` in chunks; emit one record per item, in order. A failed item, or one
+    whose record ``emit`` cannot print, emits ``{"image", "error"}`` and the rest go on.
+
+    With ``out``, each finished record is saved atomically as ``STEM.json`` beside its maps,
+    with one more key, ``"settings"``: the command's ``settings`` plus the item's own fields
+    (image, caption, question, answer). ``resume`` re-emits a saved record (without that key)
+    only when the settings that made it equal this run's; otherwise the item is done again.
     Returns 1 if any item failed, else 0."""
     failed = False
     for group in _chunks(list(zip(items, stems, strict=True)), chunk):
         records: list[dict[str, Any]] = [{} for _ in group]  # emitted in the items' order
         pending = []
         for position, (item, stem) in enumerate(group):
-            saved = out / f"{stem}.json" if out else None
+            saved = _saved_record(out / f"{stem}.json", item_settings(item, settings)) if resume and out else None
             if item.error:
                 failed = True
                 records[position] = {"image": item.image, "error": item.error}
-            elif resume and saved is not None and saved.is_file():
-                records[position] = json.loads(saved.read_text())
+            elif saved is not None:
+                records[position] = saved
             else:
                 pending.append((position, item, stem))
         results = explain([item for _, item, _ in pending], [stem for _, _, stem in pending]) if pending else []
         for (position, item, stem), result in zip(pending, results, strict=True):
             if isinstance(result, Exception):
                 failed = True
-                records[position] = {"image": item.image, "error": _one_line(result)}
+                records[position] = {"image": item.image, "error": error_line(result)}
                 continue
             if out is not None:
-                data = (json.dumps(result) + "\n").encode()
+                data = (json.dumps({**result, SETTINGS_KEY: item_settings(item, settings)}) + "\n").encode()
                 write_atomic(out / f"{stem}.json", lambda handle, data=data: handle.write(data))
             records[position] = result
         for record in records:
-            emit(record)
+            failed |= not _emit_guarded(emit, record)
     return 1 if failed else 0
+
+
+def item_settings(item: BatchItem, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What made an item's record, as JSON values: the command's settings and the item's
+    image and fields (its loaded image left out)."""
+    fields = {key: value for key, value in item.fields.items() if key != "loaded"}
+    return json.loads(json.dumps({**(settings or {}), "image": item.image, **fields}))
+
+
+def _saved_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The record saved at ``path`` when the same settings made it, else None (no file, an
+    unreadable one, one from an older mmcam without settings, or other settings)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get(SETTINGS_KEY) != settings:
+        return None
+    return {key: value for key, value in saved.items() if key != SETTINGS_KEY}
+
+
+def _emit_guarded(emit: Callable[[dict[str, Any]], None], record: dict[str, Any]) -> bool:
+    """Emit ``record``; when that fails, emit its error line instead. True if it was a success."""
+    try:
+        emit(record)
+    except BrokenPipeError:
+        raise
+    except Exception as error:  # one unprintable record must not end the batch
+        emit({"image": record.get("image", ""), "error": f"could not print the record: {error_line(error)}"})
+        return False
+    return "error" not in record
 
 
 def _chunks(sequence: list, size: int) -> Iterator[list]:
@@ -109,6 +147,10 @@ def _chunks(sequence: list, size: int) -> Iterator[list]:
         yield sequence[start : start + size]
 
 
-def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def error_line(error: BaseException) -> str:
+    """An exception as one line for people: an :class:`InputError`'s message, any other
+    exception's type and the first line of its message (``RuntimeError: ...``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, InputError) and lines:
+        return lines[0]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

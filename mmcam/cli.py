@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .adapters._maps import ALL_METHODS
+from .batch import error_line
 from .core.methods import METHODS
-from .io import InputError, LoadedImage, load_image
+from .io import InputError, LoadedImage, load_image, url_path
 
 EXIT_USAGE = 2
 BATCH_SIZE = 8
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return int(args.run(args) or 0)
     except InputError as error:
-        print(f"mmcam: error: {error}", file=sys.stderr)
+        print(f"mmcam: error: {error_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mmcam: interrupted", file=sys.stderr)
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `mmcam ... --json | head`: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit)
         return 141
+    except Exception as error:  # a bug, or a model mmcam cannot explain: one line all the same
+        print(f"mmcam: error: {error_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +114,7 @@ def _add_eval(commands) -> None:
         ("grounding", "per-word (captioner) or per-answer (VQA) pointing against ground truth"),
         ("faithfulness", "occlusion rank correlation, deletion/insertion AUC, ROAD"),
         ("sanity", "cascading model-parameter randomisation (Adebayo et al. 2018)"),
-        ("localization", "the paper's weakly-supervised localization (15% of max, largest segment, IoU >= 0.5)"),
+        ("localization", "the paper's weakly-supervised localization (15%% of max, largest segment, IoU >= 0.5)"),
     ):
         sub = evaluations.add_parser(name, help=help_text)
         sub.add_argument("--model", required=True, help="shipped model: shapes-captioner or easy-vqa")
@@ -165,7 +169,7 @@ def unique_stems(sources: Sequence[str]) -> list[str]:
     stems: list[str] = []
     seen: dict[str, int] = {}
     for source in sources:
-        stem = Path(source).stem or "image"
+        stem = Path(url_path(source) or source).stem or "image"
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return stems
@@ -210,7 +214,7 @@ def _print_classify(record: dict[str, Any]) -> None:
     print(f"{record['image']}: {top}")
     for item in record["explanations"]:
         where = f" -> {item['heatmap']}" if item["heatmap"] else ""
-        print(f"  {record['method']} for {item['target']!r}: peak {tuple(item['peak_xy'])}, box {item['bbox']}{where}")
+        print(f"  {record['method']} for {item['target']!r}: {_peak(item)}, box {item['bbox']}{where}")
 
 
 def _load_adapter(args: argparse.Namespace, kind: str):
@@ -271,7 +275,9 @@ def _run_caption(args: argparse.Namespace) -> int:
         return results
 
     printer = emit if args.json else _print_caption
-    return run_batch(items, unique_stems([item.image for item in items]), explain, printer, out=out, resume=args.resume)
+    settings = _settings("caption", args, ("caption", "words", "score", "beam"))
+    stems = unique_stems([item.image for item in items])
+    return run_batch(items, stems, explain, printer, out=out, resume=args.resume, settings=settings)
 
 
 def _run_vqa(args: argparse.Namespace) -> int:
@@ -339,8 +345,18 @@ def _run_vqa(args: argparse.Namespace) -> int:
         return results
 
     printer = emit if args.json else _print_vqa
+    settings = _settings("vqa", args, ("answer", "top", "contrast"))
     stems = unique_stems([item.image for item in items])
-    return run_batch(items, stems, explain, printer, out=out, resume=args.resume, chunk=args.batch_size)
+    return run_batch(items, stems, explain, printer, out=out, resume=args.resume, settings=settings, chunk=args.batch_size)
+
+
+def _settings(command: str, args: argparse.Namespace, options: Sequence[str]) -> dict[str, Any]:
+    """What shapes a command's records: saved with each, so that --resume redoes an item when
+    it changed."""
+    from . import __version__
+
+    names = ("model", "weights", "layer", "method", *options)
+    return {"command": command, "mmcam": __version__, **{name: getattr(args, name) for name in names}}
 
 
 def _first_or_error(function, *arguments):
@@ -357,7 +373,7 @@ def _print_vqa(record: dict[str, Any]) -> None:
     print(f"{record['image']}: {record['question']!r} -> {record['answer']} (p={record['probability']:.3f})")
     for item in record["explanations"]:
         where = f" -> {item['heatmap']}" if item["heatmap"] else ""
-        print(f"  {record['method']} for {item['answer']!r}: score {item['score']:.3f}, peak {tuple(item['peak_xy'])}, box {item['bbox']}{where}")
+        print(f"  {record['method']} for {item['answer']!r}: score {item['score']:.3f}, {_peak(item)}, box {item['bbox']}{where}")
     words = ", ".join(f"{w['word']} {w['attribution']:+.3f}" for w in record["question_words"] if w["attribution"] is not None)
     print(f"  question words: {words}")
 
@@ -381,7 +397,15 @@ def _print_caption(record: dict[str, Any]) -> None:
     print(f"{record['image']}: {record['caption']!r} ({record['method']} on {record['layer']})")
     for word in record["words"]:
         where = f" -> {word['heatmap']}" if word["heatmap"] else ""
-        print(f"  {word['word']:<12} logprob {word['logprob']:7.3f}  peak {tuple(word['peak_xy'])}  box {word['bbox']}{where}")
+        print(f"  {word['word']:<12} logprob {word['logprob']:7.3f}  {_peak(word)}  box {word['bbox']}{where}")
+
+
+def _peak(entry: dict[str, Any]) -> str:
+    """``peak (x, y)`` of one explained target, or why there is none."""
+    if entry["peak_xy"] is None:
+        return "no peak (all-zero map)"
+    x, y = entry["peak_xy"]
+    return f"peak ({x}, {y})"
 
 
 def _run_eval(args: argparse.Namespace) -> int:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +20,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-__all__ = ["ImageLike", "InputError", "LoadedImage", "load_image", "to_tensor"]
+__all__ = ["ImageLike", "InputError", "LoadedImage", "load_image", "to_tensor", "url_path"]
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+URL_TIMEOUT_S = 30.0  # for the whole download of an image URL
+URL_MAX_BYTES = 50 * 1024 * 1024
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SUPPORTED = "supported: PNG, JPEG, GIF, BMP, TIFF, WebP"
 
 
 @dataclass(frozen=True)
@@ -35,13 +47,16 @@ class LoadedImage:
 def load_image(image: ImageLike | LoadedImage) -> LoadedImage:
     """Convert ``image`` to :class:`LoadedImage`.
 
-    Paths are decoded fully (truncated files are errors), EXIF orientation is applied, the first
+    Paths and http(s) URLs (at most ``URL_MAX_BYTES``, fetched within ``URL_TIMEOUT_S``
+    seconds) are decoded fully (truncated files are errors), EXIF orientation is applied, the first
     frame of an animation is used, and palette, grayscale, alpha, 16-bit and CMYK images are
     converted to RGB. Arrays may be (H, W), (H, W, 1|3|4) uint8/uint16 or float in [0, 1];
     tensors (C, H, W) or (H, W) float in [0, 1] or uint8.
     """
     if isinstance(image, LoadedImage):
         return image
+    if isinstance(image, str) and _SCHEME.match(image):
+        return _load_url(image)
     if isinstance(image, (str, os.PathLike)):
         return _load_path(Path(image))
     if isinstance(image, Image.Image):
@@ -67,19 +82,75 @@ def _load_path(path: Path) -> LoadedImage:
         raise InputError(f"{path} is a directory, not an image file")
     if path.stat().st_size == 0:
         raise InputError(f"{path} is an empty file, not an image")
+    return _decode(path, str(path))
+
+
+def _decode(data: Path | io.BytesIO, source: str, hint: str = "") -> LoadedImage:
+    """Decode a file or downloaded bytes completely; ``source`` names it in errors, ``hint``
+    ends the not-an-image one."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(data) as opened:
             opened.load()
             pixels, notes = _pil_to_rgb(opened)
     except UnidentifiedImageError:
-        raise InputError(
-            f"{path} is not a readable image (supported: PNG, JPEG, GIF, BMP, TIFF, WebP)"
-        ) from None
+        raise InputError(f"{source} is not a readable image ({_SUPPORTED}){hint}") from None
     except Image.DecompressionBombError as error:
-        raise InputError(f"{path} is too large to decode safely: {error}") from None
+        raise InputError(f"{source} is too large to decode safely: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{path} could not be decoded (truncated or corrupt?): {error}") from None
-    return LoadedImage(pixels, str(path), notes)
+        raise InputError(f"{source} could not be decoded (truncated or corrupt?): {error}") from None
+    return LoadedImage(pixels, source, notes)
+
+
+def url_path(source: str) -> str | None:
+    """The path part of a URL, percent-decoded (``/photos/cat.jpg``), or None when ``source``
+    is not a URL; file names (stems) of a URL image are taken from it."""
+    if not _SCHEME.match(source):
+        return None
+    return urllib.parse.unquote(urllib.parse.urlsplit(source).path)
+
+
+def _load_url(url: str) -> LoadedImage:
+    scheme = _SCHEME.match(url).group(1).lower()
+    if scheme not in ("http", "https"):
+        raise InputError(f"{url}: unsupported URL scheme {scheme!r}; give an http(s) URL or a file path")
+    data, content_type = _download(url, URL_TIMEOUT_S, URL_MAX_BYTES)
+    if not data:
+        raise InputError(f"{url} is empty, not an image")
+    return _decode(io.BytesIO(data), url, f"; the server sent {content_type}" if content_type else "")
+
+
+def _download(url: str, timeout: float, max_bytes: int) -> tuple[bytes, str | None]:
+    """The body of ``url`` and its Content-Type, read within ``timeout`` seconds in all and at
+    most ``max_bytes`` long; every failure is one InputError line."""
+    deadline = time.monotonic() + timeout
+    too_large = f"{url} is larger than {max_bytes / 2**20:.3g} MB; download it and give the file"
+    too_slow = f"{url} did not arrive within {timeout:g} s"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise InputError(too_large)
+            chunks, received = [], 0
+            while chunk := response.read1(min(1 << 16, max_bytes + 1 - received)):  # returns what has come
+                chunks.append(chunk)
+                received += len(chunk)
+                if received > max_bytes:
+                    raise InputError(too_large)
+                if time.monotonic() > deadline:
+                    raise InputError(too_slow)
+            return b"".join(chunks), response.headers.get_content_type() if "Content-Type" in response.headers else None
+    except InputError:
+        raise
+    except urllib.error.HTTPError as error:
+        raise InputError(f"{url} could not be fetched: HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, TimeoutError):
+            raise InputError(too_slow) from None
+        raise InputError(f"{url} could not be fetched: {error.reason}") from None
+    except TimeoutError:
+        raise InputError(too_slow) from None
+    except (OSError, ValueError, http.client.HTTPException) as error:  # reset, cut short, bad URL...
+        raise InputError(f"{url} could not be fetched: {error}") from None
 
 
 def _pil_to_rgb(image: Image.Image) -> tuple[np.ndarray, tuple[str, ...]]:

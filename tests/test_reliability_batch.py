@@ -1,7 +1,9 @@
 """Long batch runs (issue #7): an interrupted ``mmcam vqa --batch --out`` keeps every finished
 item's outputs (``STEM.json`` written atomically: temporary file, then rename), leaves no partial
 file, and ``--resume`` re-emits the finished records unchanged without recomputing them, then
-completes the rest.
+completes the rest. Issue 10 (item 12): ``STEM.json`` also holds the settings that made the
+record, and ``--resume`` redoes an item whose settings differ (the printed record keeps the
+public shape, without them).
 
 The adapter is wrapped to count its calls (and to interrupt the run) through ``mmcam.registry.load``.
 """
@@ -65,6 +67,13 @@ def run(capsys, batch: Path, out: Path, *extra: str) -> tuple[int, list[dict], s
     return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
 
 
+def saved_record(path: Path) -> dict:
+    """A saved ``STEM.json`` without its settings: the record as it was printed."""
+    saved = json.loads(path.read_text())
+    assert set(saved.pop("settings")) >= {"command", "model", "layer", "method", "image", "question"}
+    return saved
+
+
 def leftovers(out: Path) -> list[str]:
     """Temporary or hidden files: what an interrupted atomic write could leave behind."""
     return sorted(path.name for path in out.iterdir() if path.name.startswith(".") or path.suffix == ".tmp")
@@ -83,7 +92,7 @@ def test_interrupted_run_keeps_finished_items_and_resume_completes_the_rest(caps
     finished = {name: (out / name).read_bytes() for name in ("0.json", "1.json")}
     stamps = {name: (out / name).stat().st_mtime_ns for name in finished}
     for record in printed:  # each saved record is the printed one, and its maps exist
-        saved = json.loads((out / f"{Path(record['image']).stem}.json").read_text())
+        saved = saved_record(out / f"{Path(record['image']).stem}.json")
         assert saved == record and Path(saved["explanations"][0]["heatmap"]).is_file()
 
     explained.update(images=[], stop_at=None)
@@ -93,7 +102,7 @@ def test_interrupted_run_keeps_finished_items_and_resume_completes_the_rest(caps
     assert [record["image"] for record in printed] == paths  # all of them, in order
     for name, content in finished.items():  # finished records: re-emitted unchanged, file untouched
         assert (out / name).read_bytes() == content and (out / name).stat().st_mtime_ns == stamps[name]
-    assert [json.dumps(record) + "\n" for record in printed[:2]] == [content.decode() for content in finished.values()]
+    assert printed[:2] == [saved_record(out / name) for name in finished]
     assert sorted(path.name for path in out.glob("*.json")) == [f"{index}.json" for index in range(ITEMS)]
     assert leftovers(out) == []
 
@@ -130,11 +139,11 @@ def test_interrupt_while_a_record_is_written_leaves_no_partial_file(capsys, monk
     code, printed, stderr = run(capsys, batch_file, out)
     assert code == 130 and stderr == "mmcam: interrupted\n" and writes == ["0.json", "1.json"]
     assert [path.name for path in out.glob("*.json")] == ["0.json"] and leftovers(out) == []
-    assert json.loads((out / "0.json").read_text()) == printed[0]
+    assert saved_record(out / "0.json") == printed[0]
     monkeypatch.setattr(mmcam.batch, "write_atomic", real_write_atomic)
     code, printed, _ = run(capsys, batch_file, out, "--resume")
     assert code == 0 and len(printed) == ITEMS and all("error" not in record for record in printed)
-    assert json.loads((out / "1.json").read_text()) == printed[1]
+    assert saved_record(out / "1.json") == printed[1]
 
 
 def test_resume_keeps_failed_items_failing_and_finished_ones_finished(capsys, tmp_path, batch_file, explained) -> None:
@@ -150,3 +159,47 @@ def test_resume_keeps_failed_items_failing_and_finished_ones_finished(capsys, tm
     code, resumed, _ = run(capsys, batch_file, out, "--resume")
     assert code == 1 and resumed == first
     assert set(explained["images"]) <= {missing}  # at most the failed item is tried again
+
+
+VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words"}
+
+
+def test_resume_redoes_items_made_with_other_settings(capsys, tmp_path, batch_file, explained) -> None:
+    paths = [easy_vqa.get_test_image_paths()[index] for index in range(ITEMS)]
+    out = tmp_path / "out"
+    code, made_a, _ = run(capsys, batch_file, out, "--method", "gradcam")
+    assert code == 0 and {record["method"] for record in made_a} == {"gradcam"}
+    explained.update(images=[])
+    code, made_b, _ = run(capsys, batch_file, out, "--method", "hirescam", "--resume")
+    assert code == 0 and explained["images"] == paths  # every item redone with the new method
+    assert {record["method"] for record in made_b} == {"hirescam"}
+    assert all(set(record) == VQA_KEYS for record in made_a + made_b)  # the printed shape stays public
+    for record in made_b:  # files rewritten: the saved record and its map are the new method's
+        name = f"{Path(record['image']).stem}.json"
+        assert saved_record(out / name) == record
+        assert json.loads((out / name).read_text())["settings"]["method"] == "hirescam"
+    explained.update(images=[])
+    code, again, _ = run(capsys, batch_file, out, "--method", "hirescam", "--resume")
+    assert code == 0 and explained["images"] == [] and again == made_b  # same settings: nothing redone
+
+    code, with_answer, _ = run(capsys, batch_file, out, "--method", "hirescam", "--answer", "red", "--resume")
+    assert code == 0 and explained["images"] == paths
+    assert {record["explanations"][0]["answer"] for record in with_answer} == {"red"}
+
+
+def test_resume_redoes_an_item_whose_own_fields_changed_or_whose_file_has_no_settings(capsys, tmp_path, batch_file, explained) -> None:
+    paths = [easy_vqa.get_test_image_paths()[index] for index in range(ITEMS)]
+    out = tmp_path / "out"
+    code, first, _ = run(capsys, batch_file, out)
+    assert code == 0
+    lines = batch_file.read_text().splitlines()
+    lines[1] = json.dumps({"image": paths[1], "question": "is there a blue shape?"})  # item 1 asks another question
+    batch_file.write_text("\n".join(lines) + "\n")
+    old_format = out / "3.json"  # as an older mmcam saved it: the record alone
+    old_format.write_text(json.dumps(first[3]) + "\n")
+    explained.update(images=[])
+    code, resumed, _ = run(capsys, batch_file, out, "--resume")
+    assert code == 0 and explained["images"] == [paths[1], paths[3]]
+    assert resumed[1]["question"] == "is there a blue shape?" and resumed[1] != first[1]
+    assert [resumed[i] for i in (0, 2, 3, 4)] == [first[i] for i in (0, 2, 3, 4)]
+    assert "settings" in json.loads(old_format.read_text())

@@ -32,7 +32,7 @@ from mmcam.errors import InputError
 from mmcam.io import LoadedImage, load_image
 from reliability_support import one_torch_thread  # noqa: F401
 
-CAPTIONER_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "shapes_captioner.safetensors"
+CAPTIONER_WEIGHTS = Path(__file__).resolve().parents[1] / "mmcam" / "models" / "weights" / "shapes_captioner.safetensors"
 needs_captioner = pytest.mark.skipif(
     not CAPTIONER_WEIGHTS.is_file(), reason=f"shipped captioner weights not present yet: {CAPTIONER_WEIGHTS}"
 )
