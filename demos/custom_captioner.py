@@ -4,8 +4,15 @@
 
 The toy captioner here (a small CNN and a GRU decoder, random weights) stands in for yours. A
 scorer says four things about the model: how an image becomes its input tensor, how a caption
-becomes token ids, how it generates, and the teacher-forced logits (row t scores token t).
-mmcam then explains every word from one forward pass.
+becomes token ids, how it generates, and the teacher-forced logits. mmcam then explains every
+word from one forward pass.
+
+The contract of ``score(images, ids)`` for captions ``ids`` (N, L): logits (N, L, V), one row per
+caption token and no more, where row t scores token t given the image and the tokens before it,
+the prediction ``generate`` makes at that step. A decoder that reads ``<bos> + ids`` returns
+L + 1 rows: keep rows 0..L-1 (row L predicts what follows the caption); keeping rows 1..L would
+shift every score by one word. mmcam refuses other shapes, and on a caption ``generate`` made
+greedily it checks that each row's most likely token is the token generated there.
 """
 
 from __future__ import annotations
@@ -73,9 +80,11 @@ class ToyScorer:
         return CaptionTokens.one_token_per_word([VOCAB[i] for i in ids], ids)
 
     def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
+        """Logits (N, L, V): the decoder reads <bos> + ids (L + 1 rows); row t, read after <bos>
+        and ids[:, :t], scores ids[:, t]. The last row predicts past the caption: dropped."""
         bos = torch.zeros((ids.shape[0], 1), dtype=torch.long)
         logits = self.model(images, torch.cat([bos, ids], dim=1))
-        return CaptionScores(logits[:, : ids.shape[1]])  # row t scores word t
+        return CaptionScores(logits[:, : ids.shape[1]])
 
 
 def main(out: str = "custom-captioner-out") -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
 
+import mmcam
 from conftest import assert_same_state, model_state
 from mmcam.adapters.captioning import CaptionAdapter, CaptionScorer
 from mmcam.adapters.shapes_captioner import ShapesCaptionerScorer
 from mmcam.data.scenes import make_split
 from mmcam.errors import InputError
 from mmcam.models.captioner import CaptionerConfig, ShapesCaptioner
+from mmcam.targets import CaptionScores
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +120,51 @@ def test_guided_method_is_the_base_map_times_guided_backprop_magnitude(adapter, 
     np.testing.assert_allclose(guided.guided, plain.guided, rtol=1e-5, atol=1e-8)  # Guided Grad-CAM images use the base map
     with pytest.raises(InputError, match="unknown method 'guided_foo'; choose one of: gradcam"):
         adapter.explain(scene.image, "a red circle", method="guided_foo")
+
+
+@dataclass
+class _MisalignedScorer:
+    """The shipped captioner's scorer with a fault in its teacher-forced rows: ``"extra"`` keeps
+    L + 1 rows (the row after the last token too), ``"shifted"`` keeps rows 1..L, so row t
+    scores token t + 1, ``"attention"`` drops the attention's step axis."""
+
+    inner: ShapesCaptionerScorer
+    fault: str
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def score(self, images: torch.Tensor, ids: torch.Tensor) -> CaptionScores:
+        start = torch.full((ids.shape[0], 1), self.inner.model.start_id, dtype=torch.long)
+        logits, attention = self.inner.model(images, torch.cat([start, ids], dim=1))
+        length = ids.shape[1]
+        if self.fault == "extra":
+            return CaptionScores(logits, attention)
+        if self.fault == "shifted":
+            return CaptionScores(logits[:, 1:], attention[:, 1:])
+        return CaptionScores(logits[:, :length], attention[:, 0])
+
+
+@pytest.fixture(scope="module")
+def shipped() -> ShapesCaptionerScorer:
+    return mmcam.load("shapes-captioner").scorer
+
+
+def test_a_scorer_with_one_row_too_many_is_refused_with_the_expected_shape(shipped, scene) -> None:
+    adapter = CaptionAdapter(_MisalignedScorer(shipped, "extra"))
+    vocabulary = len(shipped.model.vocab)
+    expected = (
+        f"CaptionScorer.score returned logits of shape (1, 4, {vocabulary}), expected (N, L, V) with N = 1 captions "
+        "and L = number of caption tokens = 3 (row t scores token t)"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        adapter.explain(scene.image, "a red circle")
+    with pytest.raises(ValueError, match=r"returned attention of shape \(1, 16, 16\), expected \(N, L, h, w\)"):
+        CaptionAdapter(_MisalignedScorer(shipped, "attention")).explain(scene.image, "a red circle")
+
+
+def test_a_scorer_shifted_by_one_row_is_caught_on_a_generated_caption(shipped, scene) -> None:
+    generated = CaptionAdapter(shipped).explain(scene.image, guided=False)  # the correct scorer passes
+    assert len(generated.labels) >= 2
+    with pytest.raises(ValueError, match="CaptionScorer.score looks shifted by one row: .* token t \\+ 1"):
+        CaptionAdapter(_MisalignedScorer(shipped, "shifted")).explain(scene.image, guided=False)

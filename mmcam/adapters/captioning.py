@@ -67,9 +67,14 @@ class CaptionScorer(Protocol):
         """The model's caption of one image (1, C, h, w)."""
 
     def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
-        """Teacher-forced scores of captions ``ids`` (N, L): row t of the logits scores token t
-        given the image and tokens < t (the adapter's offsets and special tokens are handled
-        here, not by mmcam)."""
+        """Teacher-forced scores of captions ``ids`` (N, L): logits (N, L, V), exactly one row
+        per caption token, where row t scores token t given the image and tokens < t (the
+        prediction made after reading the start token and ``ids[:, :t]``, as ``generate`` makes
+        it); attention, if any, (N, L, h, w). Offsets and special tokens are handled here, not
+        by mmcam: a model that reads ``<start> + ids`` returns L + 1 rows, of which rows 0..L-1
+        are kept (row L predicts what follows the caption). mmcam checks the shapes, and for a
+        caption the scorer generated greedily that each row's most likely token is the token
+        generated there (a scorer shifted by one row fails that)."""
 
 
 @dataclass
@@ -89,8 +94,11 @@ class CaptionAdapter(ScorerAdapter):
             self.scorer.layer,
             method=method,
             reshape=self.scorer.reshape,
-            forward=self.scorer.score,
+            forward=self._score,
         )
+
+    def _score(self, images: Tensor, ids: Tensor) -> CaptionScores:
+        return check_caption_scores(self.scorer.score(images, ids), ids)
 
     def caption_tokens(self, image: ImageLike, caption: str | None = None, beam_size: int = 1) -> CaptionTokens:
         """The caption to explain: tokenized from ``caption``, or generated (greedy, or beam
@@ -139,6 +147,8 @@ class CaptionAdapter(ScorerAdapter):
         cam = self._cam(base_method)
         ids = torch.tensor([tokens.ids], dtype=torch.long)
         record = cam.gradients((images, ids), targets, guided=guided or guided_method)
+        if caption is None and beam_size == 1:
+            check_greedy_rows(record.output, tokens.ids)
         return CaptionRun(cam, record, tokens, loaded, chosen, labels, word_count, method)
 
     def explain(
@@ -215,6 +225,53 @@ class CaptionRun:
     labels: list[str]
     word_count: int
     method: str
+
+
+def check_caption_scores(scores: object, ids: Tensor) -> CaptionScores:
+    """``scores`` if it has the shapes :meth:`CaptionScorer.score` promises for captions ``ids``
+    (N, L): logits (N, L, V) with V above every token id, attention None or (N, L, h, w); a
+    ValueError saying what was expected otherwise."""
+    count, length = ids.shape
+    if not isinstance(scores, CaptionScores):
+        raise ValueError(f"CaptionScorer.score returned {type(scores).__name__}, expected CaptionScores(logits, attention)")
+    logits = scores.logits
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != (count, length):
+        raise ValueError(
+            f"CaptionScorer.score returned logits of shape {tuple(logits.shape)}, expected (N, L, V) with "
+            f"N = {count} captions and L = number of caption tokens = {length} (row t scores token t)"
+        )
+    if length and int(ids.max()) >= logits.shape[2]:
+        raise ValueError(
+            f"CaptionScorer.score returned logits over {logits.shape[2]} tokens, but the caption holds "
+            f"token id {int(ids.max())}: V must be the model's vocabulary size"
+        )
+    attention = scores.attention
+    if attention is not None and (attention.dim() != 4 or tuple(attention.shape[:2]) != (count, length)):
+        raise ValueError(
+            f"CaptionScorer.score returned attention of shape {tuple(attention.shape)}, expected (N, L, h, w) "
+            f"with N = {count} captions and L = number of caption tokens = {length}"
+        )
+    return scores
+
+
+def check_greedy_rows(scores: CaptionScores, ids: Sequence[int]) -> None:
+    """For a caption the scorer generated greedily (one caption, L tokens): row t's most likely
+    token should be token t. A scorer whose rows are shifted by one step reproduces the
+    neighbouring tokens instead; raise when a shift agrees with the generated tokens more often
+    than the rows as given (logit processors in ``generate`` may move a few argmaxes, not most)."""
+    if len(ids) < 2:
+        return
+    best = scores.logits[0].detach().argmax(dim=-1).tolist()
+    same = sum(b == t for b, t in zip(best, ids, strict=True))
+    early = sum(b == t for b, t in zip(best, ids[1:], strict=False))  # row t predicts token t + 1
+    late = sum(b == t for b, t in zip(best[1:], ids, strict=False))  # row t predicts token t - 1
+    if same < len(ids) and max(early, late) > same:
+        which = "t + 1" if early >= late else "t - 1"
+        raise ValueError(
+            f"CaptionScorer.score looks shifted by one row: for the caption it generated greedily, row t's "
+            f"most likely token is token {which} at {max(early, late)} of {len(ids) - 1} rows and token t at "
+            f"only {same} of {len(ids)}; row t must score token t given the tokens before it"
+        )
 
 
 def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> list[int]:
