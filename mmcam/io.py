@@ -120,8 +120,9 @@ def _load_url(url: str) -> LoadedImage:
 
 
 def _download(url: str, timeout: float, max_bytes: int) -> tuple[bytes, str | None]:
-    """The body of ``url`` and its Content-Type, read within ``timeout`` seconds in all and at
-    most ``max_bytes`` long; every failure is one InputError line."""
+    """The body of ``url`` and its Content-Type, at most ``max_bytes`` long. The download gives
+    up once ``timeout`` seconds have passed (checked as data arrives; no single wait for the
+    server is longer than ``timeout``); every failure is one InputError line."""
     deadline = time.monotonic() + timeout
     too_large = f"{url} is larger than {max_bytes / 2**20:.3g} MB; download it and give the file"
     too_slow = f"{url} did not arrive within {timeout:g} s"
