@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vqa(commands)
     _add_eval(commands)
     _add_demo(commands)
+    _add_view(commands)
     return parser
 
 
@@ -146,6 +147,22 @@ def _add_demo(commands) -> None:
     command = commands.add_parser("demo", help="explain bundled sample images with the shipped models")
     command.add_argument("--out", default="mmcam-demo", help="output folder (default: mmcam-demo)")
     command.set_defaults(run=_run_demo)
+
+
+def _add_view(commands) -> None:
+    command = commands.add_parser("view", help="write OUT/viewer.html: an offline, interactive viewer of a batch output")
+    command.add_argument("out", metavar="OUT", help="the --out folder of a batch run (JSON records or a Parquet manifest)")
+    command.add_argument("--boxes", metavar="FILE", help="ground-truth boxes (JSON lines or CSV, as for 'eval localization'): adds pointing")
+    command.add_argument("--map-size", type=_positive_int, default=128, metavar="PX", help="longest side of the embedded maps (default 128)")
+    command.set_defaults(run=_run_view)
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from .viewer import PackOptions, write_viewer
+
+    path = write_viewer(args.out, boxes=args.boxes, options=PackOptions(map_side=args.map_size))
+    print(f"mmcam view: wrote {path}")
+    return 0
 
 
 def prepare_out(out: str | None) -> Path | None:

@@ -108,7 +108,8 @@ class Explanation:
 
     def save(self, directory: str | os.PathLike, stem: str) -> list[dict[str, str]]:
         """Write, per target, the map (.npy float32, original size), an overlay PNG and (when
-        computed) a Guided Grad-CAM PNG and counterfactual map, plus a strip figure; contrastive
+        computed) a Guided Grad-CAM PNG, counterfactual map and the model's attention map
+        (``_attention.npy``), plus a strip figure; contrastive
         maps (``info["contrast"]``, named by ``info["contrast_labels"]``) as .npy and overlay;
         every file is written atomically. Returns the paths written, one dict per target."""
         directory = Path(directory)
@@ -124,6 +125,8 @@ class Explanation:
                 paths["guided"] = str(save_png(guided_path, guided_image(self.guided[target])))
             if self.counterfactual is not None:
                 paths["counterfactual"] = str(_save_npy(Path(f"{base}_counterfactual.npy"), self.counterfactual[target]))
+            if self.attention is not None:
+                paths["attention"] = str(_save_npy(Path(f"{base}_attention.npy"), self.attention[target]))
             written.append(paths)
         contrasts = self.info.get("contrast")
         if contrasts is not None:
@@ -141,6 +144,12 @@ class Explanation:
             section = ReportSection(f"{self.model}: {title}", [(name, f"{self.method} on {self.layer}") for name, _ in figures])
             write_report(directory / f"{stem}.html", f"mmcam {self.kind}: {stem}", [section])
         return written
+
+    def _repr_html_(self) -> str:
+        """The interactive item view (hover a word, see its map) for Jupyter: self-contained."""
+        from .viewer import explanation_html
+
+        return explanation_html(self)
 
     def save_figure(self, path: str | os.PathLike) -> Path:
         """Write :meth:`figure` as a PNG, atomically."""

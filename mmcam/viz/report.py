@@ -13,12 +13,14 @@ from .._files import write_atomic
 
 @dataclass(frozen=True)
 class ReportSection:
-    """A titled group of figures; ``figures`` are (relative path, caption) pairs."""
+    """A titled group of figures; ``figures`` are (relative path, caption) pairs, ``links``
+    (relative path, text) pairs."""
 
     title: str
     figures: Sequence[tuple[str, str]]
     text: str = ""
     table: Sequence[Sequence[str]] = field(default_factory=tuple)
+    links: Sequence[tuple[str, str]] = field(default_factory=tuple)
 
 
 def write_report(path: str | os.PathLike, title: str, sections: Sequence[ReportSection]) -> Path:
@@ -36,6 +38,8 @@ def write_report(path: str | os.PathLike, title: str, sections: Sequence[ReportS
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
             parts.append(f"<p>{html.escape(section.text)}</p>")
+        for target, text in section.links:
+            parts.append(f"<p><a href='{html.escape(target)}'>{html.escape(text)}</a></p>")
         if section.table:
             header, *rows = section.table
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
