@@ -45,7 +45,13 @@ def test_all_words_at_once_equal_one_call_per_word(adapter, scene, method) -> No
         np.testing.assert_allclose(alone.heatmaps[0], together.heatmaps[position], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(alone.guided[0], together.guided[position], rtol=1e-4, atol=1e-7)
         assert alone.info["logprobs"][0] == pytest.approx(together.info["logprobs"][position], abs=1e-6)
-    assert not np.allclose(together.heatmaps[1], together.heatmaps[2])
+    # each map's y is its own word's log-prob, read off the model's forward directly
+    model = adapter.scorer.model
+    ids = model.encode_words(caption.split())
+    with torch.no_grad():
+        logits, _ = model(adapter.scorer.preprocess(scene.image)[None], torch.tensor([[model.start_id, *ids]]))
+    expected = [float(torch.log_softmax(logits[0, t], -1)[token]) for t, token in enumerate(ids)]
+    np.testing.assert_allclose(together.scores, expected, atol=1e-5)
 
 
 def test_teacher_forced_logprobs_equal_the_generators_scores(adapter, scene) -> None:
@@ -63,7 +69,13 @@ def test_logit_score_and_whole_caption(adapter, scene) -> None:
     logprob = adapter.explain(scene.image, caption, guided=False)
     assert logit.labels == ["a", "red", "circle", "<caption>"]
     assert sum(logprob.info["logprobs"]) == pytest.approx(logit.info["logprobs"][-1], abs=1e-5)
-    assert not np.allclose(logit.scores[:3], logprob.scores)
+    # y = the raw logit of word t, which exceeds its log-prob by the step's log-sum-exp exactly
+    model = adapter.scorer.model
+    ids = model.encode_words(caption.split())
+    with torch.no_grad():
+        logits, _ = model(adapter.scorer.preprocess(scene.image)[None], torch.tensor([[model.start_id, *ids]]))
+    np.testing.assert_allclose(logit.scores[:3], [float(logits[0, t, token]) for t, token in enumerate(ids)], atol=1e-5)
+    np.testing.assert_allclose(logit.scores[:3] - logprob.scores, torch.logsumexp(logits[0, :3], -1).numpy(), atol=1e-5)
 
 
 def test_words_subset_by_word_and_contrast_maps(adapter, scene) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from mmcam.adapters.easy_vqa import EasyVQAScorer
 from mmcam.adapters.vqa import QuestionTokens, VQAAdapter, VQAScorer
 from mmcam.errors import InputError
-from mmcam.io import to_tensor
+from mmcam.io import load_image, to_tensor
 from mmcam.models.vqa import EasyVQANet
 
 VOCAB = ["<pad>", "<unk>", "what", "color", "is", "the", "shape", "circle", "there", "a"]
@@ -104,7 +104,14 @@ def test_word_attributions_sum_to_the_score_change_for_a_linear_question_path(im
     assert attributions.shape == (2, 3)
     bias = scorer.model.answer.bias.detach().numpy()[[2, 1]]  # score with all embeddings zero
     np.testing.assert_allclose(attributions.sum(axis=1), explanation.scores - bias, rtol=1e-5)
-    assert not np.allclose(attributions[0], attributions[0][0])
+    # by hand: y_t = W_t . (image * sum_l e_l) + b_t, so word l's gradient x embedding is
+    # sum_e W_te * image_e * e_le
+    model = scorer.model
+    with torch.no_grad():
+        image = torch.relu(model.conv(scorer.preprocess(load_image(images[0]).pixels)[None])).mean(dim=(-2, -1))[0]
+        words = model.embedding(torch.tensor(scorer.tokenize("is it red").ids))
+        expected = (model.answer.weight[[2, 1]][:, None, :] * image * words).sum(dim=-1)
+    np.testing.assert_allclose(attributions, expected.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_unknown_question_words_warn_and_empty_questions_fail(adapter, images) -> None:
