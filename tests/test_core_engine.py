@@ -19,7 +19,19 @@ def test_several_targets_equal_one_call_per_target(tiny_cnn, images) -> None:
         one_by_one = torch.cat([cam(images, [target]) for target in targets], dim=1)
     assert together.shape == (3, 4, 16, 16)
     torch.testing.assert_close(together, one_by_one, rtol=1e-6, atol=1e-7)
-    assert not torch.allclose(together[:, 0], together[:, 1])
+    # each target is the one asked for: HiResCAM by hand, ReLU(sum_k dy/dA^k * A^k), before upsampling
+    with GradCAM(tiny_cnn, "relu2", method="hirescam") as cam:
+        raw = cam(images, targets, upsample=False, normalize=False)
+    captured = []
+    handle = tiny_cnn.relu2.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = tiny_cnn(images)
+    finally:
+        handle.remove()
+    scores = [logits[:, 0], logits[:, 3], logits[:, 1] - logits[:, 2], logits[[0, 1, 2], [2, 0, 1]]]
+    for column, score in enumerate(scores):
+        (gradient,) = torch.autograd.grad(score.sum(), captured[0], retain_graph=True)
+        torch.testing.assert_close(raw[:, column], torch.relu((gradient * captured[0]).sum(dim=1)).detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_chunked_gradients_equal_unchunked(tiny_cnn, images) -> None:
@@ -94,11 +106,14 @@ def test_explaining_runs_in_eval_mode_and_restores_train_mode() -> None:
 
 
 def test_frozen_model_still_gets_maps(tiny_cnn, images) -> None:
+    with GradCAM(tiny_cnn, "relu2") as cam:
+        unfrozen = cam(images, [ClassTarget(3), ClassTarget(1)])
     for parameter in tiny_cnn.parameters():
         parameter.requires_grad_(False)
     with torch.no_grad(), GradCAM(tiny_cnn, "relu2") as cam:
-        maps = cam(images, [ClassTarget(3)])
-    assert maps.amax() == 1.0
+        maps = cam(images, [ClassTarget(3), ClassTarget(1)])
+    assert unfrozen.amax() > 0
+    torch.testing.assert_close(maps, unfrozen, rtol=0, atol=1e-6)
     assert all(not parameter.requires_grad for parameter in tiny_cnn.parameters())
 
 
