@@ -67,12 +67,34 @@ def test_functional_relu_is_guided_like_a_module(images) -> None:
     torch.testing.assert_close(ours, reference, rtol=0, atol=0)
 
 
-def test_guided_backprop_differs_from_plain_gradient(tiny_cnn, images) -> None:
+class _GuidedReLU(torch.autograd.Function):
+    """Springenberg et al.'s rule by hand: a ReLU whose backward passes only positive gradients
+    where its input was positive."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        (x,) = ctx.saved_tensors
+        return gradient.clamp(min=0) * (x > 0)
+
+
+def test_guided_backprop_equals_a_hand_written_guided_relu_not_the_plain_gradient(tiny_cnn, images) -> None:
+    # TinyCNN's forward with all three ReLUs (two modules, one functional) replaced by the rule
+    x = images.clone().requires_grad_()
+    guided_relu = _GuidedReLU.apply
+    features = guided_relu(tiny_cnn.conv2(guided_relu(tiny_cnn.conv1(x))))
+    logits = tiny_cnn.head(guided_relu(tiny_cnn.mix(features)).mean(dim=(-2, -1)))
+    (reference,) = torch.autograd.grad(logits[:, 1].sum(), x)
     plain_input = images.clone().requires_grad_()
     (plain,) = torch.autograd.grad(tiny_cnn(plain_input)[:, 1].sum(), plain_input)
     with GradCAM(tiny_cnn, "relu2") as cam:
         record = cam.gradients(images, [ClassTarget(1)], guided=True)
-    assert not torch.allclose(record.input_gradients[:, 0], plain)
+    torch.testing.assert_close(record.input_gradients[:, 0], reference, rtol=1e-5, atol=1e-8)
+    assert (reference - plain).abs().max() > 0.1 * plain.abs().max()  # the rule changes the gradient
 
 
 def test_guided_gradcam_is_guided_backprop_times_upsampled_map(tiny_cnn, images) -> None:
