@@ -17,9 +17,9 @@ from PIL import Image
 
 from mmcam.cli import main
 from mmcam.explanation import Explanation
-from mmcam.io import LoadedImage
+from mmcam.io import InputError, LoadedImage
 from mmcam.records import caption_record, vqa_record
-from mmcam.viewer import PackOptions, read_output, write_viewer
+from mmcam.viewer import PackOptions, Viewer, read_output, write_explanations, write_viewer
 from mmcam.viewer.colormap import lookup_table
 from mmcam.viewer.pack import pack_item, peak_strength, unpack_map
 from mmcam.viewer.page import script_json
@@ -397,3 +397,23 @@ def test_pack_item_without_thumbnail_and_failed_item(tmp_path: Path) -> None:
 
     packed = pack_item(ViewItem(name="x", kind="caption", size=None, pixels=None, error="boom"), thumbnail=False)
     assert packed.payload["error"] == "boom" and packed.payload["sheet"] is None and packed.entry["thumb"] is None
+
+
+def test_named_explanations_page_and_a_runs_notebook_view(tmp_path: Path) -> None:
+    image = tmp_path / "im.png"
+    Image.fromarray(toy_image((40, 40))).save(image)
+    page = write_explanations(tmp_path / "demo.html", [("caption: im", caption_explanation(image, ["a", "dog"], (40, 40))), ("vqa: im", vqa_explanation(image))], title="demo")
+    payloads, entries, config = page_data(page)
+    assert [entry["name"] for entry in entries] == ["caption: im", "vqa: im"] and config["mode"] == "run"
+    assert [target["label"] for target in payloads[1]["targets"]] == ["red", "blue", "red vs blue"]
+    assert "attention" in payloads[0]["targets"][0]["maps"] and "contrast" in payloads[0]["targets"][1]["maps"]
+    out = tmp_path / "out"
+    write_caption_output(out, {"s0": ["a"], "s1": ["b"]})
+    fragment = Viewer(out)._repr_html_()
+    parser = _Blocks()
+    parser.feed(fragment)
+    (index,) = [json.loads(text) for attrs, text in parser.scripts if attrs.get("data-mmcam") == "index"]
+    assert [entry["name"] for entry in index] == ["s0", "s1"] and not (out / "viewer.html").exists()
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(InputError, match="no mmcam records"):
+        Viewer(tmp_path / "empty-run")  # fails in the cell that opens it

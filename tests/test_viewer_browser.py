@@ -41,7 +41,7 @@ def browser(tmp_path_factory):
     options.binary_location = str(CHROMIUM)
     for argument in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--force-device-scale-factor=1", "--force-color-profile=srgb",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--force-color-profile=srgb",
         "--window-size=1280,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(argument)

@@ -66,6 +66,10 @@
     // red (unlikely) -> yellow -> green (certain), light enough to read dark text on
     return "hsl(" + Math.round(120 * p) + ", " + (p > 0.5 ? 55 : 70) + "%, 84%)";
   }
+  function isDark(hex) {
+    var r = parseInt(hex.slice(1, 3), 16), g = parseInt(hex.slice(3, 5), 16), b = parseInt(hex.slice(5, 7), 16);
+    return 0.299 * r + 0.587 * g + 0.114 * b < 140;
+  }
   function loadImage(source) {
     if (!source) return Promise.resolve(null);
     return new Promise(function (resolve, reject) {
@@ -470,6 +474,7 @@
     itemView.querySelectorAll(".mm-qword").forEach(function (chip) {
       var w = Number(chip.getAttribute("data-w"));
       chip.style.background = colours && colours[w] ? colours[w] : "";
+      chip.style.color = colours && colours[w] && isDark(colours[w]) ? "#ffffff" : "";
       chip.title = values && values[w] !== undefined ? "attribution " + fmt(values[w], 3) : "";
     });
   }
