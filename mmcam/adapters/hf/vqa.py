@@ -1,9 +1,9 @@
 """VQA models from transformers: y^c of an answer c, for a classifier (ViLT) and a generator (BLIP).
 
 ViLT scores a fixed answer list: y^c is answer c's logit. BLIP generates its answer word by word,
-so it has no answer list: its candidates are, per call, the answers asked for plus the model's
-own (greedy, or the top-k beams), and y^c = log p(c | image, question), the sum of the
-log-probs of c's tokens and of the end token that closes it (so "red" and "red circle" are
+so it has no answer list: each item's candidates are the answers it asks for, or the model's own
+for its question (greedy, or the top-k beams), and y^c = log p(c | image, question), the sum of
+the log-probs of c's tokens and of the end token that closes it (so "red" and "red circle" are
 different answers). Their probabilities are exp(y^c), not a softmax over the candidates.
 """
 
