@@ -131,6 +131,7 @@ def test_pages_load_without_console_errors(browser, caption_run: Path) -> None:
 
     browser.get_log("browser")
     root = open_page(browser, (caption_run / "viewer.html").as_uri())
+    assert root.find_elements(By.CSS_SELECTOR, ".mm-fallback") == []  # the script ran and removed it
     cards = root.find_elements(By.CSS_SELECTOR, ".mm-card")
     assert [card.find_element(By.CSS_SELECTOR, ".mm-card-name").text for card in cards] == ["s0", "s1", "s2", "s3", "s4"]
     cards[2].click()

@@ -52,7 +52,9 @@ def document_end() -> str:
 def root_start(root_id: str, *, page: bool, styles: bool = False) -> str:
     """The opening of the viewer's root element (``styles`` adds its CSS, for a fragment)."""
     style = f"<style>{_asset('viewer.css')}</style>" if styles else ""
-    return f"<div class='mmcam-viewer {'mm-page' if page else 'mm-inline'}' id='{root_id}'>{style}\n"
+    # shown only where scripts do not run (an untrusted notebook); the script removes it
+    fallback = "<p class='mm-fallback'>mmcam viewer: this view needs JavaScript (in Jupyter: a trusted notebook).</p>"
+    return f"<div class='mmcam-viewer {'mm-page' if page else 'mm-inline'}' id='{root_id}'>{style}{fallback}\n"
 
 
 def item_script(index: int, payload: dict[str, Any]) -> str:
@@ -75,7 +77,6 @@ def root_end(*, mode: str, title: str, meta: dict[str, Any], entries: list[dict[
     return (
         (f"<script type='application/json' data-mmcam='index'>{script_json(entries)}</script>\n" if entries is not None else "")
         + f"<script type='application/json' data-mmcam='config'>{script_json(config)}</script>\n"
-        + "<noscript>This viewer needs JavaScript.</noscript>\n"
         + f"<script>{_asset('viewer.js')}</script></div>\n"
     )
 

@@ -8,6 +8,8 @@
   var root = script && script.parentNode;
   if (!root || root.getAttribute("data-mounted")) return;
   root.setAttribute("data-mounted", "1");
+  var fallback = root.querySelector(".mm-fallback");
+  if (fallback) fallback.remove();
 
   var config = readJson('script[data-mmcam="config"]');
   var entries = readJson('script[data-mmcam="index"]') || [];
