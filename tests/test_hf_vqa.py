@@ -127,6 +127,8 @@ def test_blip_explains_any_answer_text_and_the_top_beams() -> None:
     assert top.scores[0] >= top.scores[1]
     with pytest.raises(InputError, match="has no answer list; give answers as text"):
         loaded.explain(image_file(), QUESTIONS[0], [0])
+    with pytest.raises(InputError, match="cannot explain the top 0 answers: ask for 1 or more"):
+        loaded.explain(image_file(), QUESTIONS[0], top=0)
 
 
 def _same_explanation(together, alone) -> None:

@@ -142,6 +142,8 @@ class VQAAdapter(ScorerAdapter):
         given = list(answers) if answers else [None] * len(images)
         if len(given) != len(images):
             raise InputError(f"{len(images)} images but {len(given)} answer lists")
+        if top < 1 and not all(given):
+            raise InputError(f"cannot explain the top {top} answers: ask for 1 or more")
         loaded = [load_image(image) for image in images]
         tokens = [self.question_tokens(question) for question in questions]
         choices = self.answer_choices(loaded, tokens, given, top, contrast)
