@@ -417,3 +417,30 @@ def test_named_explanations_page_and_a_runs_notebook_view(tmp_path: Path) -> Non
     (tmp_path / "empty-run").mkdir()
     with pytest.raises(InputError, match="no mmcam records"):
         Viewer(tmp_path / "empty-run")  # fails in the cell that opens it
+
+
+@pytest.mark.slow
+def test_viewer_over_a_real_batch_run_of_the_shipped_models(tmp_path: Path, monkeypatch, capsys) -> None:
+    import easy_vqa
+
+    from mmcam.data.scenes import make_split
+
+    monkeypatch.chdir(tmp_path)
+    scene = make_split("test", 2)[1]
+    Image.fromarray(scene.image).save("scene.png")
+    Path("captions.jsonl").write_text(json.dumps({"image": "scene.png"}) + "\n")
+    Path("questions.jsonl").write_text(json.dumps({"image": easy_vqa.get_test_image_paths()[3], "question": "what color is the shape?"}) + "\n")
+    assert main(["caption", "--batch", "captions.jsonl", "--out", "cap", "--json"]) == 0
+    assert main(["vqa", "--batch", "questions.jsonl", "--out", "vqa", "--json", "--top", "2"]) == 0
+    caption_record_, vqa_record_ = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert main(["view", "cap"]) == 0 and main(["view", "vqa"]) == 0
+    (payload,), _, _ = page_data(Path("cap/viewer.html"))
+    assert [target["label"] for target in payload["targets"]] == [word["word"] for word in caption_record_["words"]]
+    for t, word in enumerate(caption_record_["words"]):
+        assert set(payload["targets"][t]["maps"]) == {"heatmap", "counterfactual", "contrast", "attention"}
+        assert payload["targets"][t]["guided"] is not None and payload["targets"][t]["peak"] == word["peak_xy"]
+        saved = np.load(word["heatmap"])
+        assert np.abs(unpack_map(payload, t) / 255 - saved).max() <= 0.5 / 255 + 1e-6
+    (answer,), _, _ = page_data(Path("vqa/viewer.html"))
+    assert [target["label"] for target in answer["targets"]] == [item["answer"] for item in vqa_record_["explanations"]]
+    assert answer["question"] == [word["word"] for word in vqa_record_["question_words"]]
