@@ -235,6 +235,11 @@
       note(error.message);
     });
     if (PAGE) window.scrollTo(0, 0);
+    if (config.mode === "run") {
+      // keyboard users land on the words, where the arrow keys act
+      var chip = itemView.querySelector('.mm-chip[data-t="' + state.target + '"]');
+      if (chip) chip.focus({ preventScroll: true });
+    }
   }
 
   function buildItem(payload) {
@@ -296,6 +301,7 @@
     panel.append(controls(payload, views));
     (payload.notes || []).forEach(function (text) { panel.append(make("p", { className: "mm-note", text: text })); });
     panel.append(
+      make("p", { className: "mm-help", "data-role": "marks-help", hidden: !state.marks, text: "peak & box: a cross at the peak, the 15% box dashed, ground truth in green" }),
       make("p", { className: "mm-help" }, [
         make("kbd", { text: "\u2190" }), " ", make("kbd", { text: "\u2192" }), " or hover: switch word",
         config.mode === "run" ? " \u00b7 " : null, config.mode === "run" ? make("kbd", { text: "\u2191" }) : null,
@@ -379,7 +385,7 @@
         group,
         make("label", { className: "mm-slider", for: uid + "-opacity" }, ["opacity", slider, sliderValue]),
         make("label", { className: "mm-check", for: uid + "-attention", title: views.attention ? "" : "this model has no attention map" }, [attention, "model's attention"]),
-        make("label", { className: "mm-check", for: uid + "-marks" }, [marks, "peak & box"]),
+        make("label", { className: "mm-check", for: uid + "-marks", title: "cross: the map's peak; dashed: the 15% box; green: ground truth" }, [marks, "peak & box"]),
         make("button", { className: "mm-button", type: "button", "data-action": "export", text: "Export PNG", onclick: exportPng }),
       ]),
     ]);
@@ -411,6 +417,7 @@
     if (!target) return;
     colourQuestion(payload, target);
     describe(parts.details, payload, target);
+    itemView.querySelector('[data-role="marks-help"]').hidden = !state.marks;
     var slider = itemView.querySelector('[data-role="opacity"]');
     if (slider) slider.disabled = state.view === "guided";
     item.assets.then(function (assets) {
