@@ -327,7 +327,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; 1 is fastest on a shared machine (2 threads stall each other)")
     parser.add_argument("--n-train", type=int, default=30_000, help="training scenes")
     parser.add_argument("--n-val", type=int, default=500, help="val scenes (checkpoint selection)")
     parser.add_argument("--n-vqa-val", type=int, default=1000,
