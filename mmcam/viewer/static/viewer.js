@@ -270,7 +270,7 @@
       row.data.set([Math.round(LUT[3 * q]), Math.round(LUT[3 * q + 1]), Math.round(LUT[3 * q + 2]), 255], 4 * q);
     }
     bar.putImageData(row, 0, 0);
-    var colourbarRow = make("div", { className: "mm-colourbar" }, [make("span", { text: "0" }), colourbar, make("span", { text: "1 (map value)" })]);
+    var colourbarRow = make("div", { className: "mm-colourbar", "data-role": "colourbar" }, [make("span", { text: "0" }), colourbar, make("span", { text: "1 (map value)" })]);
     colourbarRow.style.maxWidth = cssWidth + "px";
 
     var header = make("div", { className: "mm-header" });
@@ -418,6 +418,7 @@
     colourQuestion(payload, target);
     describe(parts.details, payload, target);
     itemView.querySelector('[data-role="marks-help"]').hidden = !state.marks;
+    itemView.querySelector('[data-role="colourbar"]').style.visibility = state.view === "guided" ? "hidden" : "";
     var slider = itemView.querySelector('[data-role="opacity"]');
     if (slider) slider.disabled = state.view === "guided";
     item.assets.then(function (assets) {
