@@ -444,3 +444,21 @@ def test_viewer_over_a_real_batch_run_of_the_shipped_models(tmp_path: Path, monk
     (answer,), _, _ = page_data(Path("vqa/viewer.html"))
     assert [target["label"] for target in answer["targets"]] == [item["answer"] for item in vqa_record_["explanations"]]
     assert answer["question"] == [word["word"] for word in vqa_record_["question_words"]]
+
+
+def many_targets_item(count: int = 70, size: tuple[int, int] = (128, 96)):
+    """One item with ``count`` words, more map tiles than one sheet column holds."""
+    from mmcam.viewer.items import ViewItem, ViewTarget
+
+    spots = [(5 + (t * 37) % 86, 5 + (t * 53) % 118) for t in range(count)]
+    targets = [ViewTarget(label=f"w{t}", logprob=-0.01 * t, maps={"heatmap": gaussian(size, spot, 4.0)}) for t, spot in enumerate(spots)]
+    return ViewItem(name="long", kind="caption", size=size, pixels=toy_image(size), targets=targets)
+
+
+def test_tiles_wrap_into_columns_and_still_decode() -> None:
+    item = many_targets_item()
+    payload = pack_item(item, thumbnail=False).payload
+    assert payload["tileRows"] == 64  # 8192 / 128 rows, then a second column
+    for t in (0, 63, 64, 69):
+        expected = np.round(item.targets[t].maps["heatmap"] * 255)
+        assert np.array_equal(unpack_map(payload, t), expected.astype(np.uint8))

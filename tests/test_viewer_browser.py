@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_viewer import caption_explanation, gaussian, toy_image, write_caption_output, write_parquet_output
+from test_viewer import caption_explanation, gaussian, many_targets_item, toy_image, write_caption_output, write_parquet_output
 
-from mmcam.viewer import write_viewer
+from mmcam.viewer import write_items, write_viewer
 from mmcam.viewer.colormap import lookup_table
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -351,4 +351,21 @@ def test_repr_html_fragments_behave_like_the_item_page_side_by_side(browser, tmp
     chip.send_keys(Keys.ARROW_RIGHT)  # keys act on the focused cell only
     wait_drawn(browser, second, 0, 3, alpha="1")
     assert first.get_attribute("data-target") == "0"
+    assert_clean_console(browser)
+
+
+def test_an_item_with_more_tiles_than_one_column_shows_its_last_word(browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    item = many_targets_item()
+    page = write_items(tmp_path / "long.html", [item], title="long", meta={})
+    root = open_page(browser, page.as_uri() + "#item-0", item=0)
+    set_opacity(browser, root, "1")
+    wait_drawn(browser, root, 0, 0, alpha="1")
+    chip = root.find_element(By.CSS_SELECTOR, '.mm-chip[data-t="69"]')
+    ActionChains(browser).scroll_to_element(chip).move_to_element(chip).perform()
+    wait_drawn(browser, root, 0, 69, alpha="1")
+    shown = map_from_colours(canvas_pixels(root))
+    assert np.abs(shown - upsampled(item.targets[69].maps["heatmap"], shown.shape)).mean() < 1.0
     assert_clean_console(browser)

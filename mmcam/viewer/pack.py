@@ -108,8 +108,9 @@ def unpack_map(payload: dict[str, Any], target: int, kind: str = "heatmap") -> n
         return None
     data = base64.b64decode(payload["sheet"].split(",", 1)[1])
     sheet = np.asarray(Image.open(io.BytesIO(data)))
-    height = payload["tileHeight"]
-    return sheet[row * height : (row + 1) * height]
+    height, width, rows = payload["tileHeight"], payload["tileWidth"], payload["tileRows"]
+    top, left = (row % rows) * height, (row // rows) * width
+    return sheet[top : top + height, left : left + width]
 
 
 def _tiles_and_targets(item: ViewItem, options: PackOptions, hits: list[bool | None]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
@@ -145,13 +146,25 @@ def _target_payload(item: ViewItem, target: ViewTarget, rows: dict[str, int], hi
     }
 
 
+SHEET_SIDE = 8192  # tiles wrap into columns beyond this height (browsers cap canvas sides)
+
+
 def _sheet(tiles: list[np.ndarray]) -> dict[str, Any]:
+    """All tiles of an item in one grayscale PNG: tile i at column i % columns, row
+    i // columns, as many rows as fit in :data:`SHEET_SIDE` pixels."""
     if not tiles:
-        return {"sheet": None, "tileWidth": 0, "tileHeight": 0}
+        return {"sheet": None, "tileWidth": 0, "tileHeight": 0, "tileRows": 1}
+    height, width = tiles[0].shape
+    rows = max(1, min(len(tiles), SHEET_SIDE // height))
+    columns = -(-len(tiles) // rows)
+    sheet = np.zeros((rows * height, columns * width), np.uint8)
+    for index, tile in enumerate(tiles):
+        row, column = index % rows, index // rows
+        sheet[row * height : (row + 1) * height, column * width : (column + 1) * width] = tile
     buffer = io.BytesIO()
-    Image.fromarray(np.concatenate(tiles, axis=0), mode="L").save(buffer, format="PNG")
+    Image.fromarray(sheet, mode="L").save(buffer, format="PNG")
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return {"sheet": f"data:image/png;base64,{encoded}", "tileWidth": int(tiles[0].shape[1]), "tileHeight": int(tiles[0].shape[0])}
+    return {"sheet": f"data:image/png;base64,{encoded}", "tileWidth": int(width), "tileHeight": int(height), "tileRows": int(rows)}
 
 
 def _signed_colours(values: list[float]) -> list[str]:

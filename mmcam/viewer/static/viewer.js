@@ -109,11 +109,15 @@
         var context = canvas.getContext("2d", { willReadFrequently: true });
         context.drawImage(sheet, 0, 0);
         var rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
-        var count = Math.floor(canvas.height / height);
+        var rows = payload.tileRows, count = payload.targets.reduce(function (sum, target) { return sum + Object.keys(target.maps).length; }, 0);
         for (var t = 0; t < count; t++) {
+          // tile t sits in row t % rows, column floor(t / rows) of the sheet
           var tile = new Uint8Array(width * height);
-          var offset = t * width * height * 4;
-          for (var p = 0; p < tile.length; p++) tile[p] = rgba[offset + 4 * p];
+          var top = (t % rows) * height, left = Math.floor(t / rows) * width;
+          for (var y = 0; y < height; y++) {
+            var offset = 4 * ((top + y) * canvas.width + left);
+            for (var x = 0; x < width; x++) tile[y * width + x] = rgba[offset + 4 * x];
+          }
           tiles.push(tile);
         }
       }
