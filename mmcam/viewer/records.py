@@ -122,8 +122,19 @@ def _target(folder: Path, stem: str, t: int, entry: dict[str, Any], record: dict
         peak_xy=tuple(entry["peak_xy"]) if entry.get("peak_xy") else None,
         bbox=tuple(entry["bbox"]) if entry.get("bbox") else None,
         maps={name: value for name, value in maps.items() if value is not None},
-        guided=np.asarray(Image.open(guided).convert("RGB")) if guided else None,
+        guided=_read_rgb(guided),
     )
+
+
+def _read_rgb(path: Path | None) -> np.ndarray | None:
+    """A Guided Grad-CAM PNG as RGB uint8 (H, W, 3); None when missing or unreadable."""
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError):
+        return None
 
 
 def _attach_contrasts(item: ViewItem, record: dict[str, Any], contrasts: list[tuple[str, Path]]) -> None:
