@@ -145,7 +145,7 @@ def test_bad_targets_give_clear_errors(tiny_cnn, images) -> None:
             cam(images, [lambda output: output])
         with pytest.raises(ValueError, match="non-finite"):
             cam(images, [lambda output: output[:, 0] * float("nan")])
-        with pytest.raises(ValueError, match="do not depend on the hooked layer"):
+        with pytest.raises(ValueError, match="does not depend on layer .relu2. through autograd"):
             cam(images, [lambda output: torch.ones(3)])
         with pytest.raises(ValueError, match="2 class indices given for a batch of 3"):
             cam(images, [ClassTarget([0, 1])])
@@ -207,9 +207,12 @@ def test_token_grid_matches_the_equivalent_conv_layout() -> None:
     torch.testing.assert_close(from_tokens, from_grid, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="do not fill a 3x3 grid"):
         TokenGrid(drop=1, grid=(3, 3))(torch.zeros(1, 13, 5))
-    with pytest.raises(ValueError, match="token layouts"):
-        with GradCAM(Tokens(), "encoder") as cam:
-            cam(image, [ClassTarget(1)])
+    # Without a reshape the layout is read from the shape: 13 tokens of a 3x4 image = 1 + 3x4.
+    with GradCAM(Tokens(), "encoder", method="hirescam") as cam:
+        record = cam.gradients(image, [ClassTarget(1)])
+        inferred = cam.maps(record, upsample=False, normalize=False)
+    assert record.layout == "tokens 3x4 after 1 prefix token"
+    torch.testing.assert_close(inferred, from_tokens)
 
 
 def test_graph_from_layer_gives_the_same_maps_as_the_full_graph(tiny_cnn, images) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from .gradients import DEFAULT_CHUNK_SIZE, target_gradients
-from .guided import guided_relus
+from .graph import RecordGraph
+from .guided import guided_backprop
 from .hooks import capture_output, eval_mode, model_lock
+from .layout import Layout, infer_layout
 from .layers import LayerSpec, resolve_layer
 from .maps import normalize as normalize_maps
 from .maps import upsample as upsample_maps
@@ -34,7 +37,10 @@ class GradientRecord:
     input_gradients: (N, T, C_in, H, W) Guided Backprop gradients w.r.t. the image, or None;
     input_size: (H, W) of the image tensor the model saw;
     extra_activations / extra_gradients: outputs (N, ...) of the ``extra_layers`` and their
-    gradients (N, T, ...), by layer name (e.g. word embeddings for gradient x input).
+    gradients (N, T, ...), by layer name (e.g. word embeddings for gradient x input);
+    layout: how the layer's output was read as a grid (``"NHWC 7x7"``, ``"tokens 14x14 after 1
+    prefix token"``); guided_activations: per activation kind, how many calls the Guided
+    Backprop rule was applied to (empty without ``guided``).
     """
 
     activations: Tensor
@@ -45,6 +51,8 @@ class GradientRecord:
     input_size: tuple[int, int]
     extra_activations: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     extra_gradients: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    layout: str = "NCHW"
+    guided_activations: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class GradCAM:
@@ -147,7 +155,13 @@ class GradCAM:
     ) -> Tensor:
         """Maps (N, T, H, W) of ``method`` from an existing record: other methods cost no pass."""
         gradients = -record.gradients if counterfactual else record.gradients
-        maps = get_method(method or self.method)(record.activations, gradients)
+        name = method or self.method
+        maps = get_method(name)(record.activations, gradients)
+        if not torch.isfinite(maps).all():
+            raise ValueError(
+                f"{name} maps of layer {self.layer_name!r} contain NaN or infinity: the layer's "
+                "activations or gradients are not finite (an overflow, e.g. in float16?)"
+            )
         if upsample:
             maps = upsample_maps(maps, size or record.input_size)
         if normalize:
@@ -159,8 +173,10 @@ class GradCAM:
     ) -> GradientRecord:
         """One forward pass and the batched backward passes of all ``targets``.
 
-        With ``guided=True`` the forward runs under :func:`guided_relus` and the record also holds
-        Guided Backprop's gradients with respect to the image tensor.
+        With ``guided=True`` the forward runs under :func:`guided_backprop` and the record also
+        holds Guided Backprop's gradients with respect to the image tensor. Raises when no
+        gradient can reach the layer (or, guided, the image), naming the cause; warns when a
+        target's gradient at the layer is zero everywhere (an all-zero map).
         """
         targets = list(targets)
         if not targets:
@@ -170,23 +186,23 @@ class GradCAM:
             prune = self.graph_from_layer and not guided
             stack.enter_context(torch.no_grad() if prune else torch.enable_grad())
             stack.enter_context(eval_mode(self.model, self.eval_mode))
-            captured = stack.enter_context(capture_output(self.layer, enable_grad_after=prune))
-            extras = {
-                name: stack.enter_context(capture_output(module, enable_grad_after=prune))
-                for name, module in self.extra_layers.items()
-            }
             image_key, image = _find_image(inputs, self.image_arg)
             if guided:
                 image = image.detach().clone().requires_grad_(True)
                 inputs = _replace(inputs, image_key, image)
-                switch = stack.enter_context(guided_relus())
-            output = _call(self.forward or self.model, inputs)
-            if captured.activation is None:
-                raise RuntimeError(
-                    f"layer {self.layer_name!r} did not run during the forward pass; "
-                    "choose a layer on the path from the image to the output"
-                )
-            scores = _stack_scores(output, targets, batch=image.shape[0])
+                switch = stack.enter_context(guided_backprop(self.model))
+            graph = RecordGraph(active=not prune)
+            captured = stack.enter_context(capture_output(self.layer, on_capture=graph.activate))
+            extras = {
+                name: stack.enter_context(capture_output(module, on_capture=graph.activate))
+                for name, module in self.extra_layers.items()
+            }
+            with graph:  # the targets too: they pick the scores from the output
+                output = _call(self.forward or self.model, inputs)
+                _check_captured(self.layer_name, captured)
+                scores, unreachable = _stack_scores(output, targets, batch=image.shape[0])
+            if unreachable:
+                raise ValueError(f"target(s) {unreachable}: {graph.cause(self.layer_name)}")
             raw_activation = captured.activation
             if guided:
                 switch.guided = False
@@ -200,31 +216,102 @@ class GradCAM:
                 chunk_size=self.chunk_size,
                 retain_graph=guided,
             )
+            if activation_gradients is None:
+                raise ValueError(graph.cause(self.layer_name))
             input_gradients = None
+            guided_activations: dict[str, int] = {}
             if guided:
+                guided_activations = dict(switch.applied)
+                if not guided_activations:
+                    raise RuntimeError(
+                        "Guided Backprop found no activation function (ReLU, GELU, SiLU, ...) in the "
+                        "forward pass to apply its rule to; use a method without guided_"
+                    )
                 switch.guided = True
                 (input_gradients,) = target_gradients(scores, [image], chunk_size=self.chunk_size)
-        activations, gradients = raw_activation.detach(), activation_gradients
-        if self.reshape is not None:
-            activations = self.reshape(activations)
-            count, targets_count = gradients.shape[:2]
-            flat = gradients.reshape(count * targets_count, *gradients.shape[2:])
-            reshaped = self.reshape(flat)
-            gradients = reshaped.reshape(count, targets_count, *reshaped.shape[1:])
-        if activations.dim() != 4:
-            raise ValueError(
-                f"layer {self.layer_name!r} gives activations of shape {tuple(activations.shape)}; "
-                "a (N, C, h, w) grid is needed: pass reshape=TokenGrid(...) for token layouts"
-            )
+                if input_gradients is None:
+                    raise RuntimeError(
+                        "Guided Backprop needs the gradient at the image, but the forward pass cuts the "
+                        f"graph before layer {self.layer_name!r} ({graph.cause(self.layer_name)}); "
+                        "use a method without guided_"
+                    )
+        image_size = (int(image.shape[-2]), int(image.shape[-1]))
+        activations, gradients, layout = self._to_grid(
+            raw_activation.detach(), activation_gradients, image_size, int(image.shape[0])
+        )
+        _warn_about_flat_gradients(gradients, self.layer_name)
         return GradientRecord(
             activations=activations,
             gradients=gradients,
             scores=scores.detach(),
             output=_detach(output),
             input_gradients=input_gradients,
-            input_size=(int(image.shape[-2]), int(image.shape[-1])),
+            input_size=image_size,
             extra_activations={name: tensor.detach() for name, tensor in extra_tensors.items()},
-            extra_gradients=dict(zip(extra_tensors, extra_gradients, strict=True)),
+            extra_gradients={
+                name: torch.zeros(scores.shape[1], *tensor.shape, dtype=tensor.dtype).transpose(0, 1)
+                if gradient is None
+                else gradient
+                for (name, tensor), gradient in zip(extra_tensors.items(), extra_gradients, strict=True)
+            },
+            layout=layout,
+            guided_activations=guided_activations,
+        )
+
+    def _to_grid(
+        self, activations: Tensor, gradients: Tensor, image_size: tuple[int, int], batch: int
+    ) -> tuple[Tensor, Tensor, str]:
+        """Activations (N, C, h, w) and gradients (N, T, C, h, w) from the layer's own layout
+        (gradients as ``target_gradients`` gives them: (A0, T, A1, ...) for activations A), read
+        by ``reshape`` or inferred by :func:`infer_layout`; and the layout in words."""
+        reshape = self.reshape
+        if reshape is None:
+            prefix = getattr(self.model, "num_prefix_tokens", None)
+            reshape = infer_layout(
+                tuple(activations.shape),
+                batch,
+                image_size,
+                layer_name=self.layer_name,
+                prefix_tokens=prefix if isinstance(prefix, int) else None,
+            )
+        if isinstance(reshape, Layout):
+            grid, grid_gradients, described = reshape(activations), reshape.gradients(gradients.transpose(0, 1)), reshape.describe()
+        else:
+            count, targets_count = gradients.shape[:2]
+            grid = reshape(activations)
+            flat = reshape(gradients.reshape(count * targets_count, *gradients.shape[2:]))
+            grid_gradients, described = flat.reshape(count, targets_count, *flat.shape[1:]), "custom reshape"
+        if grid.dim() != 4:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives activations of shape {tuple(grid.shape)} after the "
+                "reshape; a (N, C, h, w) grid is needed: pass reshape=TokenGrid(...) for token layouts"
+            )
+        return grid, grid_gradients, described
+
+
+def _check_captured(layer_name: str, captured) -> None:
+    if captured.activation is None:
+        raise RuntimeError(
+            f"layer {layer_name!r} did not run during the forward pass; "
+            "choose a layer on the path from the image to the output"
+        )
+    if captured.calls > 1:
+        raise RuntimeError(
+            f"layer {layer_name!r} ran {captured.calls} times in one forward pass (a shared or "
+            "recurrent module); its maps would mix those calls: hook a layer that runs once"
+        )
+
+
+def _warn_about_flat_gradients(gradients: Tensor, layer_name: str) -> None:
+    """An all-zero map because the score does not depend on the layer's cells is said so."""
+    flat = (gradients == 0).flatten(2).all(dim=2)  # (N, T)
+    if flat.any():
+        targets = sorted({int(t) for t in flat.nonzero()[:, 1]})
+        warnings.warn(
+            f"the gradient of target(s) {targets} at layer {layer_name!r} is zero everywhere: their "
+            "scores do not depend on the layer's cells here and their maps are all zero (the last "
+            "block of a class-token-pooled ViT is such a layer: hook an earlier block)",
+            stacklevel=3,
         )
 
 
@@ -288,8 +375,9 @@ def _replace(inputs: Inputs, key: int | str | None, value: Tensor) -> Inputs:
     return tuple(replaced)
 
 
-def _stack_scores(output: Any, targets: Sequence[Target], batch: int) -> Tensor:
-    """(N, T) scores, one column per target, each checked to be one scalar per sample."""
+def _stack_scores(output: Any, targets: Sequence[Target], batch: int) -> tuple[Tensor, list[int]]:
+    """(N, T) scores, one column per target, each checked to be one scalar per sample; and the
+    targets whose score has no autograd path at all (their maps would be silently zero)."""
     columns = []
     for index, target in enumerate(targets):
         score = target(output)
@@ -305,7 +393,7 @@ def _stack_scores(output: Any, targets: Sequence[Target], batch: int) -> Tensor:
         if not torch.isfinite(score).all():
             raise ValueError(f"target {index} gave a non-finite score: {score.tolist()}")
         columns.append(score)
-    return torch.stack(columns, dim=1)
+    return torch.stack(columns, dim=1), [index for index, score in enumerate(columns) if not score.requires_grad]
 
 
 def _detach(output: Any) -> Any:

@@ -16,18 +16,19 @@ def target_gradients(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     retain_graph: bool = False,
-) -> list[Tensor]:
+) -> list[Tensor | None]:
     """Gradients of every target column of ``scores`` (N, T) with respect to each of ``inputs``.
 
-    Returns one tensor (N, T, *input.shape[1:]) per input. Samples are independent, so the
-    gradient of column t summed over the batch gives every sample's own gradient. The T backward
-    passes run batched (``is_grads_batched``) in chunks of ``chunk_size``; only ``inputs`` receive
-    gradients, never the model's parameters. A target that does not depend on an input gets zeros.
+    Returns one tensor (N, T, *input.shape[1:]) per input, or None for an input that no score
+    depends on through autograd (the caller decides whether that is an error). Samples are
+    independent, so the gradient of column t summed over the batch gives every sample's own
+    gradient. The T backward passes run batched (``is_grads_batched``) in chunks of
+    ``chunk_size``; only ``inputs`` receive gradients, never the model's parameters.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must have shape (N, T), got {tuple(scores.shape)}")
     if not scores.requires_grad:
-        raise ValueError("the targets' scores do not depend on the hooked layer (no gradient path)")
+        return [None] * len(inputs)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     count = scores.shape[1]
@@ -38,12 +39,15 @@ def target_gradients(
         keep_graph = retain_graph or stop < count
         grad_outputs = one_hot[start:stop, None, :].expand(stop - start, *scores.shape)
         chunks.append(_batched_grad(scores, inputs, grad_outputs, keep_graph))
-    return [torch.cat(per_input, dim=0).transpose(0, 1) for per_input in zip(*chunks, strict=True)]
+    return [
+        None if any(chunk is None for chunk in per_input) else torch.cat(per_input, dim=0).transpose(0, 1)
+        for per_input in zip(*chunks, strict=True)
+    ]
 
 
 def _batched_grad(
     scores: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, retain_graph: bool
-) -> list[Tensor]:
+) -> list[Tensor | None]:
     """(k, *input.shape) gradients for k one-hot ``grad_outputs`` (k, N, T)."""
     if grad_outputs.shape[0] == 1:
         grads = torch.autograd.grad(
@@ -63,12 +67,7 @@ def _batched_grad(
         except RuntimeError:
             # An operator without a batching rule: the same gradients one target at a time.
             grads = _looped_grad(scores, inputs, grad_outputs)
-    return [
-        torch.zeros(grad_outputs.shape[0], *tensor.shape, dtype=tensor.dtype, device=tensor.device)
-        if grad is None
-        else grad
-        for grad, tensor in zip(grads, inputs, strict=True)
-    ]
+    return list(grads)
 
 
 def _looped_grad(scores: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor) -> tuple[Tensor | None, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,39 +27,43 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 @dataclass
 class Capture:
-    """What a capture hook saw: the layer's output of the last forward pass."""
+    """What a capture hook saw in its own thread: the layer's output and how often it ran."""
 
     activation: Tensor | None = None
     calls: int = field(default=0)
 
 
 @contextmanager
-def capture_output(module: nn.Module, *, enable_grad_after: bool = False) -> Iterator[Capture]:
+def capture_output(module: nn.Module, *, on_capture: Callable[[], None] | None = None) -> Iterator[Capture]:
     """Record ``module``'s output (its first element for tuple outputs) during the block.
 
-    The recorded tensor always requires grad (a frozen encoder gets a fresh leaf), and the model
-    continues with a clone of it, so in-place operations after the layer cannot alter the
-    activations that gradients are taken with respect to. With ``enable_grad_after`` the hook
-    switches autograd on for the rest of the forward pass: a forward started under
-    ``torch.no_grad()`` then records a graph only from the layer to the output, which is all that
-    gradients with respect to the layer need. The hook is removed on every path.
+    Only forward passes run by the thread that entered the block are recorded, so a forward of
+    the same model in another thread is never mistaken for this one. The recorded tensor always
+    requires grad (a frozen or ``no_grad`` encoder gets a fresh leaf), and the model continues
+    with a clone of it, so in-place operations after the layer cannot alter the activations that
+    gradients are taken with respect to. ``on_capture`` runs right after the capture (e.g. to
+    start recording the graph). The hook is removed on every path.
     """
     captured = Capture()
+    owner = threading.get_ident()
 
     def hook(_module: nn.Module, _args: tuple, output):
+        if threading.get_ident() != owner:
+            return None
         tensor = output[0] if isinstance(output, (tuple, list)) else output
         if not isinstance(tensor, Tensor):
             raise TypeError(
                 f"the hooked layer returned {type(tensor).__name__}, not a tensor; hook a layer "
                 "whose output (or first output) is a tensor"
             )
-        if enable_grad_after:
-            torch.set_grad_enabled(True)
-        if not tensor.requires_grad:
-            tensor = tensor.detach().requires_grad_(True)
-        captured.activation = tensor
         captured.calls += 1
-        passthrough = tensor.clone()
+        if on_capture is not None:
+            on_capture()
+        with torch.enable_grad():
+            if not tensor.requires_grad:
+                tensor = tensor.detach().requires_grad_(True)
+            passthrough = tensor.clone()
+        captured.activation = tensor
         if isinstance(output, tuple):
             return (passthrough, *output[1:])
         if isinstance(output, list):
@@ -75,15 +79,17 @@ def capture_output(module: nn.Module, *, enable_grad_after: bool = False) -> Ite
 
 @contextmanager
 def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Run the block with every module in eval mode; each module's own ``training`` flag is
-    restored afterwards, on every path."""
-    if not enabled:
-        yield
-        return
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags.items():
-            module.training = training
+    """Run the block holding ``model``'s lock (every forward pass mmcam runs goes through here or
+    through :class:`~mmcam.GradCAM`, so threads sharing a model take turns) with every module in
+    eval mode; each module's own ``training`` flag is restored afterwards, on every path."""
+    with model_lock(model):
+        if not enabled:
+            yield
+            return
+        flags = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            yield
+        finally:
+            for module, training in flags.items():
+                module.training = training

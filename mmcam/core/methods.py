@@ -7,6 +7,7 @@ one function to :data:`METHODS`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -41,21 +42,46 @@ def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19 with the exponential-output closed form).
 
     a_ij = g^2 / (2 g^2 + sum_ab A_ab g^3);  w_k = sum_ij a_ij ReLU(g_ij);  L = ReLU(sum_k w_k A^k).
+
+    The closed form assumes non-negative activations (post-ReLU features). With signed ones
+    (transformer layers) the denominator can reach zero or turn negative where g > 0, which would
+    blow a weight up or flip its sign: there a_ij is set to 0, and a warning says the layer is
+    signed.
     """
+    _warn_if_signed(activations, "gradcam++")
     squared = gradients.pow(2)
     cubed = gradients.pow(3)
     activation_sums = activations.sum(dim=(-2, -1))[:, None, :, None, None]
     denominator = 2 * squared + activation_sums * cubed
-    alpha = torch.where(gradients != 0, squared / torch.where(denominator != 0, denominator, _EPS), 0.0)
+    valid = (gradients != 0) & (denominator > _EPS * squared.clamp(min=_EPS))
+    alpha = torch.where(valid, squared / torch.where(valid, denominator, 1.0), 0.0)
     weights = (alpha * torch.relu(gradients)).sum(dim=(-2, -1))
     return _weighted_sum(weights, activations)
 
 
 def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
-    """XGrad-CAM (Fu et al. 2020): w_k = sum_ij (A^k_ij / sum_ab A^k_ab) dy/dA^k_ij."""
-    normalised = activations / (activations.sum(dim=(-2, -1), keepdim=True) + _EPS)
+    """XGrad-CAM (Fu et al. 2020): w_k = sum_ij (A^k_ij / sum_ab A^k_ab) dy/dA^k_ij.
+
+    The normalisation assumes non-negative activations; a signed channel whose sum is near zero
+    would get an unbounded weight, so such channels (|sum| <= 1e-7) get weight 0, and signed
+    layers are warned about.
+    """
+    _warn_if_signed(activations, "xgradcam")
+    sums = activations.sum(dim=(-2, -1), keepdim=True)
+    usable = sums.abs() > _EPS
+    normalised = torch.where(usable, activations / torch.where(usable, sums, 1.0), 0.0)
     weights = (gradients * normalised.unsqueeze(1)).sum(dim=(-2, -1))
     return _weighted_sum(weights, activations)
+
+
+def _warn_if_signed(activations: Tensor, name: str) -> None:
+    if (activations < 0).any():
+        warnings.warn(
+            f"{name} assumes non-negative activations, but this layer's are signed (a transformer "
+            "or pre-activation layer): its weights are unreliable there; gradcam or hirescam do not "
+            "assume it",
+            stacklevel=4,
+        )
 
 
 def layercam(activations: Tensor, gradients: Tensor) -> Tensor:
