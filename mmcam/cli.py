@@ -118,8 +118,9 @@ def _add_eval(commands) -> None:
         ("localization", "the paper's weakly-supervised localization (15%% of max, largest segment, IoU >= 0.5)"),
     ):
         sub = evaluations.add_parser(name, help=help_text)
-        sub.add_argument("--model", required=True, help="shipped model: shapes-captioner or easy-vqa")
-        sub.add_argument("--limit", type=_positive_int, help="evaluate at most N scenes / questions")
+        sub.add_argument("--model", required=True, help="any model (shipped, timm/torchvision name, hf:PATH); without --data: shapes-captioner or easy-vqa")
+        sub.add_argument("--data", metavar="FILE.jsonl", help="your items, one JSON object per line: {\"image\": P} plus \"caption\" or \"question\"/\"answer\"; grounding and localization: \"boxes\" (see README)")
+        sub.add_argument("--limit", type=_positive_int, help="evaluate at most N scenes / questions / items")
         sub.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
         sub.add_argument("--tolerance", type=int, default=6, help="pixels a box grows by for pointing (captioner)")
         sub.add_argument("--seed", type=int, default=0)
@@ -438,6 +439,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         boxes=getattr(args, "boxes", None),
         with_road=not getattr(args, "no_road", False),
+        data=args.data,
     )
     if args.json:
         emit(result)

@@ -75,6 +75,6 @@ def test_classifier_localization_from_a_boxes_file(capsys, tmp_path) -> None:
 
 def test_eval_errors_are_one_line(capsys) -> None:
     assert main(["eval", "faithfulness", "--model", "efficientnet_lite0"]) == 2
-    assert "supports --model easy-vqa, shapes-captioner" in capsys.readouterr().err
+    assert "needs --data FILE.jsonl; built-in data exists for --model easy-vqa, shapes-captioner" in capsys.readouterr().err
     assert main(["eval", "localization", "--model", "efficientnet_lite0"]) == 2
-    assert "needs --boxes FILE" in capsys.readouterr().err
+    assert "needs --data FILE.jsonl (a classifier: --boxes FILE)" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_randomising_all_layers_changes_gradcam_maps() -> None:
 
     from conftest import TinyCNN
     from mmcam import ClassTarget, GradCAM
-    from mmcam.eval.sanity import cascading_randomization, parameter_layers, ssim
+    from mmcam.eval.sanity import cascading_randomization, parameter_layers
 
     torch.manual_seed(0)
     images = torch.rand(3, 3, 16, 16)
@@ -120,10 +120,43 @@ def test_randomising_all_layers_changes_gradcam_maps() -> None:
 
     holder = Holder()
     before = {name: value.clone() for name, value in holder.model.state_dict().items()}
-    result = cascading_randomization(holder, maps_of, model_of=lambda h: h.model)["gradcam"]
+    result = cascading_randomization(holder, maps_of)["gradcam"]  # finds holder.model by itself
     assert result["layers"] == parameter_layers(holder.model) == ["head", "mix", "conv2", "conv1"]
     assert len(result["randomized_spearman"]) == 4
     assert result["randomized_ssim"][-1] < 0.9
     assert all(torch.equal(before[name], value) for name, value in holder.model.state_dict().items())
-    single = maps_of(holder)["gradcam"][0]
-    assert ssim(single, single) == pytest.approx(1.0)
+
+
+def _ssim_by_hand(first: np.ndarray, second: np.ndarray) -> float:
+    """Wang et al. (2004), eq. 13 with an 11x11 Gaussian window (sigma 1.5, cut at 3.5 sigma),
+    population (co)variances, C1 = (0.01)^2, C2 = (0.03)^2 for data in [0, 1]; the mean over
+    pixels whose window lies inside the image."""
+    from scipy import ndimage
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(values, 1.5, truncate=3.5)
+
+    a, b = first.astype(np.float64), second.astype(np.float64)
+    mean_a, mean_b = smooth(a), smooth(b)
+    var_a, var_b = smooth(a * a) - mean_a**2, smooth(b * b) - mean_b**2
+    covariance = smooth(a * b) - mean_a * mean_b
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
+    return float(index[5:-5, 5:-5].mean())
+
+
+def test_ssim_agrees_with_a_hand_computation_on_noisy_pairs() -> None:
+    """A smooth map and noisier copies of it: SSIM equals Wang et al.'s formula computed here
+    (1e-9), falls as the noise grows, and is 1 only for the map itself."""
+    from mmcam.eval.sanity import ssim
+
+    rng = np.random.default_rng(0)
+    heatmap = random_map((48, 64), rng)
+    values = []
+    for noise in (0.0, 0.05, 0.2, 0.5):
+        noisy = np.clip(heatmap + rng.normal(0, noise, heatmap.shape), 0, 1)
+        values.append(ssim(heatmap, noisy))
+        assert values[-1] == pytest.approx(_ssim_by_hand(heatmap, noisy), abs=1e-9), noise
+    assert values[0] == pytest.approx(1.0) and values == sorted(values, reverse=True) and values[-1] < 0.3
+    other = random_map((48, 64), rng)
+    assert ssim(heatmap, other) == pytest.approx(_ssim_by_hand(heatmap, other), abs=1e-9)

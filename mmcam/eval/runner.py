@@ -10,11 +10,11 @@ from typing import Any
 from ..errors import InputError
 from ..registry import load
 
-SUPPORTED = {
+SUPPORTED = {  # built-in data (generated scenes, easy-VQA's test split); any model takes --data
     "grounding": ("shapes-captioner", "easy-vqa"),
     "faithfulness": ("easy-vqa", "shapes-captioner"),
     "sanity": ("shapes-captioner", "easy-vqa"),
-    "localization": ("shapes-captioner", "efficientnet_lite0", "any classifier with --boxes"),
+    "localization": ("shapes-captioner",),
 }
 
 
@@ -29,8 +29,14 @@ def run_evaluation(
     show_progress: bool = False,
     boxes: str | None = None,
     with_road: bool = True,
+    data: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``evaluation`` on a shipped ``model`` and return the result object."""
+    """Run ``evaluation`` on ``model``: on the items of ``data`` (a JSON lines file, see
+    :mod:`mmcam.eval.items`; any model), or on the built-in data of a shipped model."""
+    if data is not None:
+        if boxes:
+            raise InputError("give --data FILE.jsonl or --boxes FILE, not both")
+        return _on_data(evaluation, model, data, limit=limit, methods=methods, tolerance=tolerance, seed=seed, show_progress=show_progress, with_road=with_road)
     supported = SUPPORTED.get(evaluation, ())
     if evaluation == "localization" and boxes:
         from .localization import classifier_localization, read_boxes
@@ -41,10 +47,12 @@ def run_evaluation(
         dataset = read_boxes(boxes)
         result = classifier_localization(adapter, dataset, methods=methods, show_progress=show_progress)
         return {"eval": evaluation, "model": model, "n": next(iter(result.values()))["n"], "methods": _json_safe(result)}
-    if evaluation == "localization" and model != "shapes-captioner":
-        raise InputError("'mmcam eval localization' needs --boxes FILE for a classifier, or --model shapes-captioner")
     if model not in supported:
-        raise InputError(f"'mmcam eval {evaluation}' supports --model {', '.join(supported)}; got {model!r}")
+        boxes_hint = " (a classifier: --boxes FILE)" if evaluation == "localization" else ""
+        raise InputError(
+            f"'mmcam eval {evaluation} --model {model}' needs --data FILE.jsonl{boxes_hint}; "
+            f"built-in data exists for --model {', '.join(supported)}"
+        )
     adapter = load(model)
     if evaluation == "grounding" and model == "shapes-captioner":
         from .datasets import captioner_scenes
@@ -106,10 +114,28 @@ def _sanity(adapter, model: str, limit: int | None, methods: Sequence[str], seed
         items = easy_vqa_items(adapter.scorer.model.vocab, limit or 32, color_or_shape_only=True)
         run, _ = batch_answer_maps(adapter, items, methods[:1])
         maps_of, count = vqa_maps(items, methods, run.record.output.argmax(dim=1).tolist()), len(items)
-    result = cascading_randomization(
-        adapter, maps_of, model_of=lambda a: a.scorer.model, seed=seed, show_progress=show_progress
-    )
-    return result, count
+    return cascading_randomization(adapter, maps_of, seed=seed, show_progress=show_progress), count
+
+
+def _on_data(evaluation: str, model: str, data: str, *, limit: int | None, methods: Sequence[str], tolerance: int, seed: int, show_progress: bool, with_road: bool) -> dict[str, Any]:
+    """An evaluation of any model on a data file: every line is checked (first alone, then
+    against the model) before any map is made."""
+    from . import any_model
+    from .items import check_against_model, read_items
+
+    adapter = load(model)
+    need_boxes = evaluation in ("grounding", "localization")
+    items = read_items(data, adapter.kind, need_boxes=need_boxes)[:limit]
+    check_against_model(items, adapter, data)
+    if evaluation == "sanity":
+        result = any_model.sanity_on_items(adapter, items, methods=methods, seed=seed, show_progress=show_progress)
+    elif evaluation == "faithfulness":
+        result = any_model.faithfulness_on_items(adapter, items, methods=methods, with_road=with_road, seed=seed, show_progress=show_progress)
+    elif evaluation == "grounding":
+        result = any_model.grounding_on_items(adapter, items, methods=methods, tolerance=tolerance, seed=seed, show_progress=show_progress)
+    else:
+        result = any_model.localization_on_items(adapter, items, methods=methods, show_progress=show_progress)
+    return {"eval": evaluation, "model": model, "n": len(items), "methods": _json_safe(result)}
 
 
 def _json_safe(value: Any) -> Any:

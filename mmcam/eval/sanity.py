@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
+from skimage.metrics import structural_similarity
 from torch import nn
+from tqdm.auto import tqdm
 
 from .faithfulness import rank_correlation
-from .progress import progress
 
 MapsFn = Callable[[Any], dict[str, np.ndarray]]  # adapter -> {map name: maps (K, H, W)}
 
@@ -26,6 +26,43 @@ def parameter_layers(model: nn.Module) -> list[str]:
     registration order)."""
     names = [name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))]
     return names[::-1]
+
+
+def explained_model(adapter: Any, depth: int = 3) -> nn.Module:
+    """The module an adapter explains, found among its attributes without knowing the adapter's
+    type: ``adapter.model`` for a classifier, ``adapter.scorer.model`` for a captioner or VQA
+    model (shipped, ``hf:`` or your own scorer). The first :class:`~torch.nn.Module` reached,
+    breadth-first over attributes up to ``depth`` levels down, that is not part of another one
+    found; ValueError when there is none, or several unrelated ones (say which with
+    ``model_of``)."""
+    found: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    level: list[tuple[str, Any]] = [("adapter", adapter)]
+    for _ in range(depth):
+        below: list[tuple[str, Any]] = []
+        for path, holder in level:
+            for name, value in _attributes(holder):
+                if id(value) in seen:
+                    continue
+                seen.add(id(value))
+                if isinstance(value, nn.Module):
+                    found.append((f"{path}.{name}", value))
+                elif hasattr(value, "__dict__") and not isinstance(value, type):
+                    below.append((f"{path}.{name}", value))
+        level = below
+    owned = {id(inner) for _, module in found for inner in module.modules() if inner is not module}
+    roots = [(path, module) for path, module in found if id(module) not in owned and any(True for _ in module.parameters())]
+    if len({id(module) for _, module in roots}) != 1:
+        named = ", ".join(path for path, _ in roots) or "none"
+        raise ValueError(f"cannot tell which module {type(adapter).__name__} explains (found: {named})")
+    return roots[0][1]
+
+
+def _attributes(holder: Any) -> list[tuple[str, Any]]:
+    try:
+        return list(vars(holder).items())
+    except TypeError:  # no __dict__ (slots, builtins)
+        return []
 
 
 def _reinitialise(module: nn.Module, generator: torch.Generator) -> None:
@@ -45,30 +82,33 @@ def _reinitialise(module: nn.Module, generator: torch.Generator) -> None:
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * (scale or 0.02))
 
 
-def ssim(first: np.ndarray, second: np.ndarray, sigma: float = 1.5) -> float:
-    """Structural similarity of two maps in [0, 1] (Wang et al. 2004, Gaussian window)."""
-    c1, c2 = 0.01**2, 0.03**2
-    a, b = first.astype(np.float64), second.astype(np.float64)
-    mean_a, mean_b = ndimage.gaussian_filter(a, sigma), ndimage.gaussian_filter(b, sigma)
-    var_a = ndimage.gaussian_filter(a * a, sigma) - mean_a**2
-    var_b = ndimage.gaussian_filter(b * b, sigma) - mean_b**2
-    covariance = ndimage.gaussian_filter(a * b, sigma) - mean_a * mean_b
-    index = ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
-    return float(index.mean())
+def ssim(first: np.ndarray, second: np.ndarray) -> float:
+    """Structural similarity of two maps (H, W) in [0, 1]: scikit-image's
+    ``structural_similarity`` with Wang et al.'s (2004) settings (Gaussian window, sigma 1.5,
+    population covariance, K1 = 0.01, K2 = 0.03, data range 1), the mean over the image away
+    from the borders the window does not cover."""
+    return float(
+        structural_similarity(
+            first.astype(np.float64), second.astype(np.float64),
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+        )
+    )
 
 
 def cascading_randomization(
     adapter: Any,
     maps_of: MapsFn,
     *,
-    model_of: Callable[[Any], nn.Module],
+    model_of: Callable[[Any], nn.Module] = explained_model,
     seed: int = 0,
     show_progress: bool = False,
 ) -> dict[str, dict[str, list]]:
     """Per map name: ``randomized_spearman`` and ``randomized_ssim``, lists with one value per
     step (the mean over all maps of the evaluation items), and ``layers``, the layer
-    re-initialised at each step. ``maps_of(adapter)`` computes the maps for a fixed set of items
-    and targets; the adapter is deep-copied, the original is never touched."""
+    re-initialised at each step: every module of ``model_of(adapter)`` that owns parameters
+    (default: the module the adapter explains, found by :func:`explained_model`).
+    ``maps_of(adapter)`` computes the maps for a fixed set of items and targets; the adapter is
+    deep-copied, the original is never touched."""
     trained = maps_of(adapter)
     randomized = copy.deepcopy(adapter)
     model = model_of(randomized)
@@ -76,7 +116,7 @@ def cascading_randomization(
     modules = dict(model.named_modules())
     layers = parameter_layers(model)
     results: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for layer in progress(layers, "sanity", total=len(layers), enabled=show_progress):
+    for layer in tqdm(layers, desc="sanity", disable=not show_progress):
         _reinitialise(modules[layer], generator)
         current = maps_of(randomized)
         for name, reference in trained.items():
