@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .adapters._maps import ALL_METHODS
+from .core.maps import ALL_METHODS
 from .batch import error_line
 from .core.methods import METHODS
 from .io import InputError, LoadedImage, load_image, url_path

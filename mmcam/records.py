@@ -9,11 +9,10 @@ from .explanation import Explanation
 
 
 def _place(explanation: Explanation, target: int, heatmap: str | None) -> dict[str, Any]:
-    box = explanation.bbox(target)
-    empty = box is None  # an all-zero map has no peak and no box
+    peak, box = explanation.place(target)  # both None for an all-zero map
     return {
-        "peak_xy": None if empty else list(explanation.peak_xy(target)),
-        "bbox": list(box) if box is not None else None,
+        "peak_xy": None if peak is None else list(peak),
+        "bbox": None if box is None else list(box),
         "heatmap": heatmap,
     }
 
@@ -43,6 +42,7 @@ def classify_record(explanation: Explanation, image: str, written: Sequence[dict
                 zip(explanation.labels, explanation.indices, explanation.scores, strict=True)
             )
         ],
+        "guided_backprop": explanation.guided_backprop,
     }
 
 
@@ -63,6 +63,7 @@ def caption_record(explanation: Explanation, image: str, written: Sequence[dict[
                 zip(explanation.labels, explanation.indices, explanation.info["logprobs"], strict=True)
             )
         ],
+        "guided_backprop": explanation.guided_backprop,
     }
 
 
@@ -89,4 +90,5 @@ def vqa_record(explanation: Explanation, image: str, written: Sequence[dict[str,
             {"word": word, "attribution": None if attributions is None else float(attributions[0][w])}
             for w, word in enumerate(info["question_words"])
         ],
+        "guided_backprop": explanation.guided_backprop,
     }

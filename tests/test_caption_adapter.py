@@ -81,7 +81,7 @@ def test_logit_score_and_whole_caption(adapter, scene) -> None:
 def test_words_subset_by_word_and_contrast_maps(adapter, scene) -> None:
     explanation = adapter.explain(scene.image, "a red circle", words=["circle", "red"])
     assert explanation.labels == ["circle", "red"] and explanation.indices == [2, 1]
-    assert explanation.info["contrast"].shape == (2, 128, 128)
+    assert explanation.contrasts.shape == (2, 128, 128)
     assert explanation.attention.shape == (2, 128, 128)
     assert explanation.counterfactual.shape == (2, 128, 128)
     # the contrast is log p(w) minus the log-prob of the most likely OTHER token at that step

@@ -98,7 +98,7 @@ def test_cli_classify_json_contract(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     record = json.loads(line)
-    assert set(record) == {"image", "model", "layer", "method", "predictions", "explanations"}
+    assert set(record) == {"image", "model", "layer", "method", "predictions", "explanations", "guided_backprop"}
     assert record["image"] == str(image) and record["model"] == "efficientnet_lite0"
     assert record["layer"] == "bn2" and record["method"] == "gradcam"
     assert len(record["predictions"]) == 5 and record["predictions"][0]["index"] == ESPRESSO

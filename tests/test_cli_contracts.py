@@ -12,9 +12,9 @@ from PIL import Image
 from mmcam.cli import main
 from mmcam.data.scenes import make_split
 
-CAPTION_KEYS = {"image", "model", "layer", "method", "caption", "words"}
+CAPTION_KEYS = {"image", "model", "layer", "method", "caption", "words", "guided_backprop"}
 WORD_KEYS = {"word", "index", "logprob", "peak_xy", "bbox", "heatmap"}
-VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words"}
+VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words", "guided_backprop"}
 
 
 def records(capsys) -> list[dict]:

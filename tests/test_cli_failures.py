@@ -31,7 +31,7 @@ NO_PEAK = "no peak (all-zero map)"
 
 def _blank(explanation):
     """The same explanation with every map all zero (as for a layer the score does not use)."""
-    return dataclasses.replace(explanation, heatmaps=np.zeros_like(explanation.heatmaps))
+    return dataclasses.replace(explanation, grid_maps=np.zeros_like(explanation.grid_maps))
 
 
 @pytest.fixture

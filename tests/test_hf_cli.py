@@ -15,9 +15,9 @@ import pytest
 from hf_fixtures import ANSWERS, adapter, image_file, one_thread, saved  # noqa: F401 (autouse fixture)
 from mmcam.cli import main
 
-CAPTION_KEYS = {"image", "model", "layer", "method", "caption", "words"}
+CAPTION_KEYS = {"image", "model", "layer", "method", "caption", "words", "guided_backprop"}
 WORD_KEYS = {"word", "index", "logprob", "peak_xy", "bbox", "heatmap"}
-VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words"}
+VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words", "guided_backprop"}
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 

@@ -163,7 +163,7 @@ def test_blip_batch_items_get_the_answers_they_get_alone(images) -> None:
     for n in range(3):
         alone = loaded.explain_batch([pictures[n]], [questions[n]], [given[n]], contrast=("red", "no"))[0]
         _same_explanation(together[n], alone)
-        np.testing.assert_allclose(together[n].info["contrast"], alone.info["contrast"], atol=1e-5)
+        np.testing.assert_allclose(together[n].contrasts, alone.contrasts, atol=1e-5)
         assert {t["answer"] for t in together[n].info["top"]} == {*given[n], "red", "no"}
 
 

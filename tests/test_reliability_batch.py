@@ -161,7 +161,7 @@ def test_resume_keeps_failed_items_failing_and_finished_ones_finished(capsys, tm
     assert set(explained["images"]) <= {missing}  # at most the failed item is tried again
 
 
-VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words"}
+VQA_KEYS = {"image", "question", "model", "layer", "method", "answer", "probability", "top", "explanations", "question_words", "guided_backprop"}
 
 
 def test_resume_redoes_items_made_with_other_settings(capsys, tmp_path, batch_file, explained) -> None:

@@ -133,3 +133,37 @@ def test_two_threads_through_the_vqa_adapter_match_sequential_calls() -> None:
             )
     assert hook_count(adapter.scorer.model) == hooks_before
     assert_lock_free(adapter.scorer.model)
+
+
+def test_generated_captions_in_parallel_threads_match_sequential_calls() -> None:
+    """Issue 10, item 4: generation runs under the model's lock too, and a capture records only
+    its own thread's forward pass, so explanations of generated captions made while another
+    thread generates equal the sequential ones."""
+    from mmcam.data.scenes import make_split
+
+    adapter = mmcam.load("shapes-captioner")
+    scenes = make_split("test", 6)
+    expected = [adapter.explain(scene.image, method="hirescam", guided=False, contrast=False) for scene in scenes]
+    results: dict[int, list] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            for _ in range(2):
+                for scene in scenes[index::2]:
+                    results[index].append(adapter.explain(scene.image, method="hirescam", guided=False, contrast=False))
+                    adapter.caption_tokens(scenes[1 - index].image)  # generation interleaved with the other thread
+        except BaseException as error:  # reported below, on the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for index in (0, 1):
+        for explanation, reference in zip(results[index], expected[index::2] * 2, strict=True):
+            assert explanation.info["caption"] == reference.info["caption"]
+            np.testing.assert_array_equal(explanation.grid_maps, reference.grid_maps)
+    assert_lock_free(adapter.scorer.model)

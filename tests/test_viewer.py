@@ -58,6 +58,8 @@ def caption_explanation(image: Path, labels: list[str], size: tuple[int, int] = 
     heatmaps = np.stack([gaussian(size, centre, 5.0) for centre in corners(size, count)])
     logprobs = logprobs if logprobs is not None else [-0.1 * (t + 1) for t in range(count)]
     rng = np.random.default_rng(1)
+    guided = np.stack([np.stack([heatmap, 1 - heatmap, heatmap**2]) for heatmap in heatmaps])
+    guided = guided + rng.normal(scale=0.01, size=(count, 3, *size)).astype(np.float32)
     return Explanation(
         kind="caption",
         image=LoadedImage(pixels, str(image)),
@@ -67,17 +69,13 @@ def caption_explanation(image: Path, labels: list[str], size: tuple[int, int] = 
         labels=list(labels),
         indices=list(range(count)),
         scores=np.asarray(logprobs, np.float32),
-        heatmaps=heatmaps,
-        guided=np.stack([np.stack([heatmap, 1 - heatmap, heatmap**2], axis=-1) for heatmap in heatmaps]) + rng.normal(scale=0.01, size=(count, *size, 3)).astype(np.float32),
-        counterfactual=np.stack([gaussian(size, (size[1] / 2, size[0] / 2), 8.0 + t) for t in range(count)]),
-        attention=heatmaps[::-1].copy(),
-        info={
-            "caption": " ".join(labels),
-            "logprobs": list(logprobs),
-            "title": image.stem,
-            "contrast": heatmaps[:, ::-1].copy(),
-            "contrast_labels": [f"{t:02d}-{label}-vs-runner-up" for t, label in enumerate(labels)],
-        },
+        grid_maps=heatmaps,
+        guided_gradients=np.concatenate([guided, guided]),  # (T + K, 3, H, W): the words, then their contrasts
+        counterfactual_maps=np.stack([gaussian(size, (size[1] / 2, size[0] / 2), 8.0 + t) for t in range(count)]),
+        attention_maps=heatmaps[::-1].copy(),
+        contrast_maps=heatmaps[:, ::-1].copy(),
+        contrast_labels=[f"{t:02d}-{label}-vs-runner-up" for t, label in enumerate(labels)],
+        info={"caption": " ".join(labels), "logprobs": list(logprobs), "title": image.stem},
     )
 
 
@@ -93,8 +91,9 @@ def vqa_explanation(image: Path, size: tuple[int, int] = (40, 40)) -> Explanatio
         labels=answers,
         indices=[0, 1],
         scores=np.asarray([4.0, 1.5], np.float32),
-        heatmaps=np.stack([gaussian(size, centre, 4.0) for centre in corners(size, 2)]),
-        counterfactual=None,
+        grid_maps=np.stack([gaussian(size, centre, 4.0) for centre in corners(size, 2)]),
+        contrast_maps=np.stack([gaussian(size, (20, 20), 3.0)]),
+        contrast_labels=["red-vs-blue"],
         info={
             "question": "what <color> is it?",
             "answer": "red",
@@ -104,8 +103,6 @@ def vqa_explanation(image: Path, size: tuple[int, int] = (40, 40)) -> Explanatio
             "question_words": ["what", "<color>", "is", "it"],
             "word_attributions": [[0.5, -1.0, 0.25, 0.0], [0.1, 0.2, 0.3, 0.4]],
             "title": "what <color> is it?",
-            "contrast": [gaussian(size, (20, 20), 3.0)],
-            "contrast_labels": ["red-vs-blue"],
         },
     )
 

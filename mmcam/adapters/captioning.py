@@ -17,13 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
-from ..core.maps import normalize, upsample
+from ..core.hooks import model_lock
+from ..core.maps import split_method
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
+from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
 from ..targets import CaptionScores, WordContrastTarget, WordTarget
 from ._scorer_adapter import ScorerAdapter
-from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 SCORES = ("logprob", "logit")
 
@@ -86,16 +87,10 @@ class CaptionAdapter(ScorerAdapter):
 
     @property
     def layer_name(self) -> str:
-        return self._cam(split_method(self.default_method)[0]).layer_name
+        return self._model_pass().engine(self.default_method).layer_name
 
-    def _cam(self, method: str) -> GradCAM:
-        return GradCAM(
-            self.scorer.model,
-            self.scorer.layer,
-            method=method,
-            reshape=self.scorer.reshape,
-            forward=self._score,
-        )
+    def _model_pass(self) -> ModelPass:
+        return ModelPass(self.scorer.model, self.scorer.layer, forward=self._score, reshape=self.scorer.reshape)
 
     def _score(self, images: Tensor, ids: Tensor) -> CaptionScores:
         return check_caption_scores(self.scorer.score(images, ids), ids)
@@ -106,7 +101,8 @@ class CaptionAdapter(ScorerAdapter):
         if caption is None:
             loaded = load_image(image)
             images = self.scorer.preprocess(loaded.pixels)[None]
-            return self.scorer.generate(images, beam_size)
+            with model_lock(self.scorer.model):  # threads sharing the model take turns
+                return self.scorer.generate(images, beam_size)
         if not caption.strip():
             raise InputError("the caption is empty; give some words, or leave it out to generate one")
         return self.scorer.tokenize(caption)
@@ -129,7 +125,7 @@ class CaptionAdapter(ScorerAdapter):
         if score not in SCORES:
             raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
         method = method or self.default_method
-        base_method, guided_method = split_method(method)
+        split_method(method)  # an unknown method fails before any work
         loaded = load_image(image)
         images = self.scorer.preprocess(loaded.pixels)[None]
         tokens = self.caption_tokens(loaded, caption, beam_size)
@@ -144,9 +140,8 @@ class CaptionAdapter(ScorerAdapter):
         word_count = len(targets)
         if contrast:
             targets += [WordContrastTarget(tokens.spans[w][0], tokens.ids[tokens.spans[w][0]]) for w in chosen]
-        cam = self._cam(base_method)
         ids = torch.tensor([tokens.ids], dtype=torch.long)
-        record = cam.gradients((images, ids), targets, guided=guided or guided_method)
+        cam, record = run_pass(self._model_pass(), (images, ids), targets, method=method, guided=guided)
         if caption is None and beam_size == 1:
             check_greedy_rows(record.output, tokens.ids)
         return CaptionRun(cam, record, tokens, loaded, chosen, labels, word_count, method)
@@ -162,7 +157,7 @@ class CaptionAdapter(ScorerAdapter):
         score: str = "logprob",
         whole_caption: bool = False,
         guided: bool = True,
-        counterfactual: bool = True,
+        counterfactual: bool = DEFAULT_COUNTERFACTUAL,
         contrast: bool = True,
     ) -> Explanation:
         """Heatmaps for every word of ``caption`` (generated when None) from one forward pass.
@@ -170,44 +165,37 @@ class CaptionAdapter(ScorerAdapter):
         ``words`` picks a subset (positions or words); ``score`` is ``"logprob"`` (default) or
         ``"logit"``; ``whole_caption`` adds a map for the sum of the words' log-probs. The
         explanation also holds Guided Grad-CAM, counterfactual maps, contrastive maps against
-        each step's runner-up word (``info["contrast"]``) and the model's attention, when it has
+        each step's runner-up word (:attr:`~mmcam.explanation.Explanation.contrasts`) and the model's attention, when it has
         one.
         """
         run = self.run(
             image, caption, words=words, method=method, beam_size=beam_size, score=score,
             whole_caption=whole_caption, guided=guided, contrast=contrast,
         )
-        cam, record, tokens, loaded, count = run.cam, run.record, run.tokens, run.image, run.word_count
-        size = [loaded.size]
-        all_maps = maps_at_original_size(cam, record, size, method=run.method)[0]
-        heatmaps = all_maps[:count]
-        counter = maps_at_original_size(cam, record, size, method=run.method, counterfactual=True)[0][:count] if counterfactual else None
-        guided_maps = guided_at_original_size(cam, record, size, method=run.method)[0][:count] if guided else None
-        output: CaptionScores = record.output
+        tokens, output = run.tokens, run.record.output
         spans = [tokens.spans[w] for w in run.chosen]
         if whole_caption:
             spans.append(tuple(range(len(tokens.ids))))
         logprobs = [float(output.logprobs[0, list(span), [tokens.ids[p] for p in span]].sum()) for span in spans]
-        info = {"caption": " ".join(tokens.words), "logprobs": logprobs, "score": score, "title": " ".join(tokens.words)}
+        caption_text = " ".join(tokens.words)
+        info = {"caption": caption_text, "logprobs": logprobs, "score": score, "title": caption_text}
+        contrast_labels = []
         if contrast:
-            info["contrast"] = all_maps[count:]
-            info["contrast_labels"] = [f"{position:02d}-{run.tokens.words[position]}-vs-runner-up" for position in run.chosen]
-            info["contrast_scores"] = record.scores[0, count:].numpy()
-        return Explanation(
-            kind=self.kind,
-            image=loaded,
-            model=self.name,
-            layer=cam.layer_name,
-            method=run.method,
-            labels=run.labels,
-            indices=[*run.chosen, *([-1] if whole_caption else [])],
-            scores=record.scores[0, :count].numpy(),
-            heatmaps=heatmaps,
-            guided=guided_maps,
-            counterfactual=counter,
-            attention=attention_maps(output, spans, loaded.size),
-            info=info,
+            contrast_labels = [f"{position:02d}-{tokens.words[position]}-vs-runner-up" for position in run.chosen]
+            info["contrast_scores"] = run.record.scores[0, run.word_count :].numpy()
+        item = ItemLabels(
+            run.image,
+            run.labels,
+            [*run.chosen, *([-1] if whole_caption else [])],
+            info,
+            contrast_labels,
+            attention_maps(output, spans),
         )
+        (explanation,) = explanations(
+            self.kind, self.name, run.cam, run.record, [item], method=run.method,
+            explained=run.word_count, counterfactual=counterfactual,
+        )
+        return explanation
 
 
 @dataclass(frozen=True)
@@ -292,10 +280,10 @@ def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> l
     return chosen
 
 
-def attention_maps(output: CaptionScores, spans: Sequence[Sequence[int]], size: tuple[int, int]) -> np.ndarray | None:
-    """The model's attention for each word (mean over its tokens' steps), normalised, at the
-    original image size: (T, H, W), or None when the model has no attention."""
+def attention_maps(output: CaptionScores, spans: Sequence[Sequence[int]]) -> np.ndarray | None:
+    """The model's attention for each word (mean over its tokens' steps) at its own grid:
+    (T, h, w), or None when the model has no attention."""
     if output.attention is None:
         return None
     steps = torch.stack([output.attention[0, list(span)].mean(dim=0) for span in spans])
-    return normalize(upsample(steps.detach().float(), size)).numpy().astype(np.float32)
+    return steps.detach().float().numpy()

@@ -10,12 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import GradCAM
 from ..core.layers import LayerSpec, resolve_layer
 from ..explanation import Explanation
 from ..io import ImageLike, InputError, load_image, to_tensor
+from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
 from ..targets import ClassTarget, TopClassTarget
-from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 ClassRef = int | str
 
@@ -73,26 +72,20 @@ class ClassifierAdapter:
         *,
         method: str | None = None,
         guided: bool = True,
-        counterfactual: bool = False,
+        counterfactual: bool = DEFAULT_COUNTERFACTUAL,
         top: int = 5,
     ) -> list[Explanation]:
         """Explain ``targets`` (labels or indices; default: each image's top prediction) for
         every image, all from one forward pass over the batch."""
         loaded = [load_image(image) for image in images]
         method = method or self.default_method
-        base_method, guided_method = split_method(method)
-        guided = guided or guided_method
         indices = [self.class_index(target) for target in targets] if targets else None
         target_fns = [ClassTarget(index) for index in indices] if indices else [TopClassTarget(0)]
-        with GradCAM(self.model, self.layer, method=base_method) as cam:
-            record = cam.gradients(self.preprocess([item.pixels for item in loaded]), target_fns, guided=guided)
-            sizes = [item.size for item in loaded]
-            heatmaps = maps_at_original_size(cam, record, sizes, method=method)
-            counter = maps_at_original_size(cam, record, sizes, method=method, counterfactual=True) if counterfactual else None
-        guided_maps = guided_at_original_size(cam, record, sizes, method=method) if guided else None
+        pixels = self.preprocess([item.pixels for item in loaded])
+        cam, record = run_pass(ModelPass(self.model, self.layer), pixels, target_fns, method=method, guided=guided)
         logits = record.output if isinstance(record.output, torch.Tensor) else record.output[0]
         probabilities = logits.softmax(dim=1)
-        results = []
+        items = []
         for n, item in enumerate(loaded):
             chosen = indices or [int(logits[n].argmax())]
             top_probabilities = probabilities[n].topk(min(top, probabilities.shape[1]))
@@ -100,20 +93,7 @@ class ClassifierAdapter:
                 {"label": self.labels[int(i)], "index": int(i), "probability": float(p)}
                 for p, i in zip(top_probabilities.values, top_probabilities.indices)
             ]
-            results.append(
-                Explanation(
-                    kind=self.kind,
-                    image=item,
-                    model=self.name,
-                    layer=self.layer_name,
-                    method=method,
-                    labels=[self.labels[i] for i in chosen],
-                    indices=chosen,
-                    scores=record.scores[n].numpy(),
-                    heatmaps=heatmaps[n],
-                    guided=None if guided_maps is None else guided_maps[n],
-                    counterfactual=None if counter is None else counter[n],
-                    info={"predictions": predictions},
-                )
-            )
-        return results
+            items.append(ItemLabels(item, [self.labels[i] for i in chosen], chosen, {"predictions": predictions}))
+        return explanations(
+            self.kind, self.name, cam, record, items, method=method, explained=len(target_fns), counterfactual=counterfactual
+        )

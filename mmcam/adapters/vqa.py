@@ -22,9 +22,9 @@ from ..core import GradCAM, GradientRecord
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
+from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
 from ..targets import ChosenClassTarget, ContrastTarget
 from ._scorer_adapter import ScorerAdapter
-from ._maps import guided_at_original_size, maps_at_original_size, split_method
 
 
 @dataclass(frozen=True)
@@ -161,19 +161,16 @@ class VQAAdapter(ScorerAdapter):
         if choices.contrast:
             targets.append(ContrastTarget(*choices.contrast))
         method = method or self.default_method
-        base_method, guided_method = split_method(method)
-        guided = guided or guided_method
-        cam = GradCAM(
+        model_pass = ModelPass(
             self.scorer.model,
             self.scorer.layer,
-            method=base_method,
-            reshape=self.scorer.reshape,
             forward=choices.forward,
+            reshape=self.scorer.reshape,
             extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
         )
         batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
         question_ids = self.scorer.collate(tokens)
-        record = cam.gradients((batch, question_ids), targets, guided=guided)
+        cam, record = run_pass(model_pass, (batch, question_ids), targets, method=method, guided=guided)
         return VQARun(cam, record, loaded, tokens, choices.wanted, count, batch, question_ids, method, choices.answers)
 
     def explain_batch(
@@ -185,29 +182,24 @@ class VQAAdapter(ScorerAdapter):
         top: int = 1,
         method: str | None = None,
         guided: bool = True,
-        counterfactual: bool = True,
+        counterfactual: bool = DEFAULT_COUNTERFACTUAL,
         contrast: tuple[str | int, str | int] | None = None,
     ) -> list[Explanation]:
         """Explain a minibatch from ONE forward pass.
 
         Per item, ``answers[n]`` (given answers) or, when None, its ``top`` best answers (the
         first is the prediction). All items must ask for the same number of answers.
-        ``contrast=(a, b)`` adds a map for score(a) - score(b) to ``info["contrast"]``.
+        ``contrast=(a, b)`` adds a map for score(a) - score(b) (the explanation's ``contrasts``).
         """
         run = self.run(images, questions, answers, top=top, method=method, guided=guided, contrast=contrast)
-        cam, record, loaded, tokens, wanted, count = run.cam, run.record, run.images, run.questions, run.wanted, run.count
+        record, loaded, tokens, wanted, count = run.record, run.images, run.questions, run.wanted, run.count
         candidates = run.answers
-        method = run.method
-        sizes = [item.size for item in loaded]
-        maps = maps_at_original_size(cam, record, sizes, method=method)
-        counter = maps_at_original_size(cam, record, sizes, method=method, counterfactual=True) if counterfactual else None
-        guided_maps = guided_at_original_size(cam, record, sizes, method=method) if guided else None
         logits = record.output
         # a scorer whose scores are log-probs of generated answers says how they become probabilities
         own_probabilities = getattr(self.scorer, "probabilities", None)
         probabilities = own_probabilities(logits) if own_probabilities else logits.softmax(dim=1)
         attributions = word_attributions(record, self.scorer.embedding_layer)
-        results = []
+        items = []
         for n, item in enumerate(loaded):
             chosen = wanted[n] or probabilities[n].topk(count).indices.tolist()
             ranked = probabilities[n].topk(min(max(5, count), len(candidates[n])))
@@ -225,26 +217,11 @@ class VQAAdapter(ScorerAdapter):
             }
             if attributions is not None:
                 info["word_attributions"] = per_word(attributions[n, :count], tokens[n])
-            if contrast:
-                info["contrast"] = maps[n][count:]
-                info["contrast_labels"] = [f"{contrast[0]}-vs-{contrast[1]}"]
-            results.append(
-                Explanation(
-                    kind=self.kind,
-                    image=item,
-                    model=self.name,
-                    layer=cam.layer_name,
-                    method=method,
-                    labels=[candidates[n][i] for i in chosen],
-                    indices=list(chosen),
-                    scores=record.scores[n, :count].numpy(),
-                    heatmaps=maps[n][:count],
-                    guided=None if guided_maps is None else guided_maps[n][:count],
-                    counterfactual=None if counter is None else counter[n][:count],
-                    info=info,
-                )
-            )
-        return results
+            contrast_labels = [f"{contrast[0]}-vs-{contrast[1]}"] if contrast else []
+            items.append(ItemLabels(item, [candidates[n][i] for i in chosen], list(chosen), info, contrast_labels))
+        return explanations(
+            self.kind, self.name, run.cam, record, items, method=run.method, explained=count, counterfactual=counterfactual
+        )
 
 
 @dataclass(frozen=True)

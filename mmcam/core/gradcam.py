@@ -19,6 +19,7 @@ from .hooks import capture_output, eval_mode, model_lock
 from .layout import Layout, infer_layout
 from .layers import LayerSpec, resolve_layer
 from .maps import normalize as normalize_maps
+from .maps import raw_maps
 from .maps import upsample as upsample_maps
 from .methods import get_method
 
@@ -154,14 +155,7 @@ class GradCAM:
         size: tuple[int, int] | None = None,
     ) -> Tensor:
         """Maps (N, T, H, W) of ``method`` from an existing record: other methods cost no pass."""
-        gradients = -record.gradients if counterfactual else record.gradients
-        name = method or self.method
-        maps = get_method(name)(record.activations, gradients)
-        if not torch.isfinite(maps).all():
-            raise ValueError(
-                f"{name} maps of layer {self.layer_name!r} contain NaN or infinity: the layer's "
-                "activations or gradients are not finite (an overflow, e.g. in float16?)"
-            )
+        maps = raw_maps(record, method or self.method, counterfactual=counterfactual, layer_name=self.layer_name)
         if upsample:
             maps = upsample_maps(maps, size or record.input_size)
         if normalize:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..adapters._maps import GUIDED_PREFIX, guided_backprop_at_original_size, maps_at_original_size
+from ..core.maps import GUIDED_PREFIX, guided_backprop_at_original_size, maps_at_original_size
 from ..adapters.vqa import VQAAdapter
 from ..core.maps import upsample
 from ..core.methods import METHODS
@@ -45,7 +45,7 @@ def batch_answer_maps(
     maps: dict[str, np.ndarray] = {"guided_backprop": np.stack([m[0] for m in guided_backprop_at_original_size(run.record, sizes)])}
     for method in methods:
         for name in (method, GUIDED_PREFIX + method):
-            maps[name] = np.stack([m[0] for m in maps_at_original_size(run.cam, run.record, sizes, method=name)])
+            maps[name] = np.stack([m[0] for m in maps_at_original_size(run.record, sizes, method=name)])
     return run, maps
 
 

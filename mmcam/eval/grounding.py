@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..adapters._maps import GUIDED_PREFIX, guided_backprop_at_original_size, maps_at_original_size
+from ..core.maps import GUIDED_PREFIX, at_size, guided_backprop_at_original_size, maps_at_original_size
 from ..adapters.captioning import CaptionAdapter, attention_maps
 from ..core.methods import METHODS
 from ..data.scenes import Scene, word_kind
@@ -42,8 +42,9 @@ def scene_word_maps(adapter: CaptionAdapter, scene: Scene, methods: Sequence[str
     maps: dict[str, np.ndarray] = {"guided_backprop": guided_backprop_at_original_size(run.record, size)[0]}
     for method in methods:
         for name in (method, GUIDED_PREFIX + method):
-            maps[name] = maps_at_original_size(run.cam, run.record, size, method=name)[0]
-    attention = attention_maps(run.record.output, [run.tokens.spans[w] for w in positions], run.image.size)
+            maps[name] = maps_at_original_size(run.record, size, method=name)[0]
+    native = attention_maps(run.record.output, [run.tokens.spans[w] for w in positions])
+    attention = None if native is None else at_size(torch.from_numpy(native), run.image.size).numpy()
     if attention is not None:
         maps["attention"] = attention
     return positions, maps

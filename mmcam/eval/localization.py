@@ -85,7 +85,7 @@ def classifier_localization(adapter, dataset: Sequence[BoxedImage], *, methods: 
     """Top-1 and top-``top`` localization and classification errors per method; the maps of the
     ``top`` best classes come from one pass per batch. An image with several labels counts once
     per label."""
-    from ..adapters._maps import maps_at_original_size
+    from ..core.maps import maps_at_original_size
     from ..core import GradCAM
     from ..io import load_image
     from ..targets import TopClassTarget
@@ -99,7 +99,7 @@ def classifier_localization(adapter, dataset: Sequence[BoxedImage], *, methods: 
             record = cam.gradients(adapter.preprocess([image.pixels for image in loaded]), [TopClassTarget(k) for k in range(top)])
         ranked = record.output.topk(top, dim=1).indices.tolist()
         for method in methods:
-            maps = maps_at_original_size(cam, record, [image.size for image in loaded], method=method)
+            maps = maps_at_original_size(record, [image.size for image in loaded], method=method)
             for n, item in enumerate(batch):
                 for label, boxes in item.boxes.items():
                     truth = adapter.class_index(label)

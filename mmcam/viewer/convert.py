@@ -71,10 +71,10 @@ def _logprobs(explanation: Explanation) -> list[float | None]:
 def _attach_contrasts(explanation: Explanation, targets: list[ViewTarget]) -> None:
     """A caption's contrasts (one per explained word, its runner-up) go to their words; other
     contrasts (a VQA "red vs blue") become extra targets."""
-    contrasts = explanation.info.get("contrast")
+    contrasts = explanation.contrasts
     if contrasts is None:
         return
-    labels = explanation.info.get("contrast_labels") or [f"contrast {n}" for n in range(len(contrasts))]
+    labels = explanation.contrast_labels or [f"contrast {n}" for n in range(len(contrasts))]
     if explanation.kind == "caption" and len(contrasts) == len(targets):
         for target, heatmap in zip(targets, contrasts, strict=True):
             target.maps["contrast"] = np.asarray(heatmap)

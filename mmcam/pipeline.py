@@ -1,0 +1,116 @@
+"""The one explanation pipeline every adapter feeds.
+
+An adapter says what y^c is: the model inputs for a minibatch, the targets (the T explained
+ones first, then any contrasts), and per image the labels of its targets. The pipeline runs one
+forward pass and the batched backward passes (:func:`run_pass`), then turns the gradient record
+into one :class:`~mmcam.explanation.Explanation` per image (:func:`explanations`), holding maps at
+the layer's native grid; full-size maps are made on demand by the explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .core import GradCAM, GradientRecord
+from .core.gradcam import Inputs, Reshape, Target
+from .core.layers import LayerSpec
+from .core.maps import raw_maps, split_method
+from .explanation import Explanation
+from .io import LoadedImage
+
+# Explaining also computes the counterfactual maps (negated gradients): they cost no extra pass.
+DEFAULT_COUNTERFACTUAL = True
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """Where the map is taken: ``model`` holds ``layer``; ``forward`` (default: the model)
+    maps the inputs to the output the targets read; ``reshape`` reads the layer's output as a
+    grid (default: inferred); ``extra_layers`` also get the targets' gradients (word
+    embeddings for question-word attributions)."""
+
+    model: nn.Module
+    layer: LayerSpec
+    forward: Callable[..., Any] | None = None
+    reshape: Reshape | None = None
+    extra_layers: Sequence[str] = ()
+
+    def engine(self, method: str) -> GradCAM:
+        """The core engine for the base of ``method`` (``guided_X`` -> ``X``)."""
+        base, _ = split_method(method)
+        return GradCAM(
+            self.model, self.layer, method=base, reshape=self.reshape, forward=self.forward, extra_layers=self.extra_layers
+        )
+
+
+@dataclass
+class ItemLabels:
+    """What an adapter says about one image of the minibatch: its T explained targets' labels
+    and indices (class index, word position, answer index), task-specific ``info``, the labels
+    of its contrastive targets (which follow the T explained ones), and the model's own
+    attention per target at its native grid (T, h, w), when it has one."""
+
+    image: LoadedImage
+    labels: list[str]
+    indices: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+    contrast_labels: list[str] = field(default_factory=list)
+    attention: np.ndarray | None = None
+
+
+def run_pass(
+    model_pass: ModelPass, inputs: Inputs, targets: Sequence[Target], *, method: str, guided: bool
+) -> tuple[GradCAM, GradientRecord]:
+    """ONE forward pass and the batched backward passes of all ``targets``; the Guided Backprop
+    gradients too when ``guided`` or when ``method`` is a ``guided_`` variant."""
+    cam = model_pass.engine(method)
+    return cam, cam.gradients(inputs, targets, guided=guided or split_method(method)[1])
+
+
+def explanations(
+    kind: str,
+    model_name: str,
+    cam: GradCAM,
+    record: GradientRecord,
+    items: Sequence[ItemLabels],
+    *,
+    method: str,
+    explained: int,
+    counterfactual: bool = DEFAULT_COUNTERFACTUAL,
+) -> list[Explanation]:
+    """One explanation per image of ``record``: the ``explained`` first targets' maps, their
+    counterfactual maps (when asked), the maps of the contrastive targets after them, scores,
+    Guided Backprop gradients when the pass had them, all at the layer's grid."""
+    base, _ = split_method(method)
+    grid = raw_maps(record, base, layer_name=cam.layer_name).numpy()
+    counter = raw_maps(record, base, counterfactual=True, layer_name=cam.layer_name).numpy() if counterfactual else None
+    guided = None if record.input_gradients is None else record.input_gradients.numpy()
+    results = []
+    for n, item in enumerate(items):
+        contrasts = len(item.contrast_labels)
+        results.append(
+            Explanation(
+                kind=kind,
+                image=item.image,
+                model=model_name,
+                layer=cam.layer_name,
+                method=method,
+                labels=list(item.labels),
+                indices=list(item.indices),
+                scores=record.scores[n, :explained].numpy(),
+                grid_maps=grid[n, :explained],
+                guided_gradients=None if guided is None else guided[n, : explained + contrasts],
+                counterfactual_maps=None if counter is None else counter[n, :explained],
+                contrast_maps=grid[n, explained : explained + contrasts] if contrasts else None,
+                contrast_labels=list(item.contrast_labels),
+                attention_maps=item.attention,
+                guided_activations=dict(record.guided_activations),
+                info=item.info,
+            )
+        )
+    return results
