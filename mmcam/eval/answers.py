@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..core.maps import GUIDED_PREFIX, guided_backprop_at_original_size, maps_at_original_size
 from ..adapters.vqa import VQAAdapter
@@ -16,7 +17,7 @@ from ..core.maps import upsample
 from ..core.methods import METHODS
 from .faithfulness import faithfulness_of_maps, grow_background_mask
 from .pointing import center_map, energy_inside, inside_outside_ratio, pointing_hit, random_map
-from .progress import progress
+from .summary import summarise
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def answer_grounding(
     rng = np.random.default_rng(seed)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     correct = 0
-    for chunk in progress(list(_chunks(items, batch_size)), "grounding", total=-(-len(items) // batch_size), enabled=show_progress):
+    for chunk in tqdm(list(_chunks(items, batch_size)), desc="grounding", disable=not show_progress):
         run, maps = batch_answer_maps(adapter, chunk, methods)
         predicted = run.record.output.argmax(dim=1).tolist()
         for n, item in enumerate(chunk):
@@ -80,7 +81,7 @@ def answer_grounding(
                 values[name]["pointing"].append(float(pointing_hit(heatmap, mask)))
                 values[name]["energy"].append(energy_inside(heatmap, mask))
                 values[name]["inside_outside"].append(inside_outside_ratio(heatmap, mask))
-    results = {name: _summary(metrics) for name, metrics in values.items()}
+    results = {name: summarise(metrics) for name, metrics in values.items()}
     results["model"] = {"accuracy": correct / max(len(items), 1), "n": len(items)}
     return results
 
@@ -109,7 +110,7 @@ def answer_faithfulness(
     rng = np.random.default_rng(seed)
     keep = {*methods, *(GUIDED_PREFIX + method for method in methods), "guided_backprop"}
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for chunk in progress(list(_chunks(items, batch_size)), "faithfulness", total=-(-len(items) // batch_size), enabled=show_progress):
+    for chunk in tqdm(list(_chunks(items, batch_size)), desc="faithfulness", disable=not show_progress):
         run, maps = batch_answer_maps(adapter, chunk, methods)
         predicted = run.record.output.argmax(dim=1)
         for n in range(len(chunk)):
@@ -128,7 +129,7 @@ def answer_faithfulness(
             for name, scores in scored.items():
                 for metric, value in scores.items():
                     values[name][metric].append(value)
-    return {name: _summary(metrics) for name, metrics in values.items()}
+    return {name: summarise(metrics) for name, metrics in values.items()}
 
 
 def _at_input(heatmap: np.ndarray, image: torch.Tensor) -> np.ndarray:
@@ -137,18 +138,3 @@ def _at_input(heatmap: np.ndarray, image: torch.Tensor) -> np.ndarray:
     if heatmap.shape == size:
         return heatmap
     return upsample(torch.from_numpy(heatmap), size).numpy()
-
-
-def _summary(metrics: dict[str, list[float]]) -> dict[str, float]:
-    summary: dict[str, float] = {}
-    for metric, items in metrics.items():
-        array = np.asarray(items, dtype=np.float64)
-        defined = array[~np.isnan(array)]
-        if metric == "inside_outside":
-            summary[metric] = float(np.median(defined)) if defined.size else float("nan")
-        else:
-            summary[metric] = float(defined.mean()) if defined.size else float("nan")
-        if metric.endswith("spearman"):
-            summary[f"n_undefined_{metric}"] = int(array.size - defined.size)
-    summary["n"] = len(next(iter(metrics.values()))) if metrics else 0
-    return summary

@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from ..core.maps import GUIDED_PREFIX, at_size, guided_backprop_at_original_size, maps_at_original_size
 from ..adapters.captioning import CaptionAdapter, attention_maps
@@ -27,7 +29,6 @@ from .pointing import (
     random_map,
     uniform_map,
 )
-from .progress import progress
 
 BASELINES = ("center", "uniform", "random")
 WORD_KINDS = ("color", "shape")
@@ -70,7 +71,7 @@ def caption_grounding(
     random map, seeded)."""
     rng = np.random.default_rng(seed)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for scene in progress(scenes, "grounding", total=total, enabled=show_progress):
+    for scene in tqdm(scenes, desc="grounding", total=total, disable=not show_progress):
         positions, maps = scene_word_maps(adapter, scene, methods)
         shape = scene.image.shape[:2]
         for t, position in enumerate(positions):
@@ -146,15 +147,13 @@ def caption_faithfulness(
     Backprop, a random map) to the word's teacher-forced score: occlusion against log p(w_t),
     deletion / insertion / ROAD on p(w_t), all measures of
     :func:`~mmcam.eval.faithfulness.faithfulness_of_maps`, averaged over words."""
-    import torch
-
     from .faithfulness import faithfulness_of_maps
     from .pointing import random_map
 
     rng = np.random.default_rng(seed)
     keep = {*methods, *(GUIDED_PREFIX + method for method in methods), "guided_backprop"}
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for scene in progress(scenes, "faithfulness", total=total, enabled=show_progress):
+    for scene in tqdm(scenes, desc="faithfulness", total=total, disable=not show_progress):
         positions, maps = scene_word_maps(adapter, scene, methods)
         scorer = adapter.scorer
         image = scorer.preprocess(scene.image)

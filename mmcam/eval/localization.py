@@ -18,12 +18,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from tqdm.auto import tqdm
 
 from ..core.localize import localization_box
 from ..core.methods import METHODS
 from ..data.scenes import Scene
 from ..errors import InputError
-from .progress import progress
 
 Box = tuple[int, int, int, int]
 
@@ -93,7 +93,7 @@ def classifier_localization(adapter, dataset: Sequence[BoxedImage], *, methods: 
     counts: dict[str, dict[str, float]] = {method: defaultdict(float) for method in methods}
     total = 0
     batches = [dataset[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
-    for batch in progress(batches, "localization", total=len(batches), enabled=show_progress):
+    for batch in tqdm(batches, desc="localization", disable=not show_progress):
         loaded = [load_image(item.image) for item in batch]
         with GradCAM(adapter.model, adapter.layer) as cam:
             record = cam.gradients(adapter.preprocess([image.pixels for image in loaded]), [TopClassTarget(k) for k in range(top)])
@@ -124,7 +124,7 @@ def scene_localization(adapter, scenes: Sequence[Scene], *, methods: Sequence[st
     from .grounding import scene_word_maps
 
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for scene in progress(scenes, "localization", total=len(scenes), enabled=show_progress):
+    for scene in tqdm(scenes, desc="localization", disable=not show_progress):
         positions, maps = scene_word_maps(adapter, scene, methods)
         for name, stack in maps.items():
             for t, position in enumerate(positions):
