@@ -97,7 +97,7 @@ def test_sanity_on_an_hf_captioner_randomises_every_parameter_layer(capsys, tmp_
     result = run_json(capsys, "sanity", "--model", f"hf:{saved('blip')}", "--data", data, "--methods", "gradcam")
     layers = parameter_layers(explained_model(blip))
     assert layers[0].startswith("text_decoder") and layers[-1].startswith("vision_model")
-    assert set(result["methods"]) == {"gradcam", "guided_gradcam"}
+    assert set(result["methods"]) == {"guided_backprop", "gradcam", "guided_gradcam"}
     for name, scores in result["methods"].items():
         assert scores["layers"] == layers, name
         assert len(scores["randomized_spearman"]) == len(scores["randomized_ssim"]) == len(layers) == 29
@@ -111,12 +111,33 @@ def test_faithfulness_on_an_hf_vqa_model(capsys, tmp_path) -> None:
     """ViLT, the predicted answer of one item: every measure is defined and in its range."""
     data = write_lines(tmp_path / "items.jsonl", {"image": str(image_file()), "question": "what color is it"})
     result = run_json(capsys, "faithfulness", "--model", f"hf:{saved('vilt')}", "--data", data, "--methods", "gradcam")
-    assert set(result["methods"]) == {"gradcam", "guided_gradcam", "random"} and result["n"] == 1
+    assert set(result["methods"]) == {"guided_backprop", "gradcam", "guided_gradcam", "random"} and result["n"] == 1
     for name, scores in result["methods"].items():
         for metric in ("deletion_auc", "deletion_mean_auc", "insertion_auc", "road_morf", "road_lerf"):
             assert 0 <= scores[metric] <= 1, (name, metric)
         for metric in ("occlusion_spearman", "occlusion_blur_spearman"):
             assert -1 <= scores[metric] <= 1 and scores[f"n_undefined_{metric}"] == 0, (name, metric)
+
+
+def test_every_map_name_is_the_one_explain_gives() -> None:
+    """From one guided explanation per method: the method's map, its guided variant and Guided
+    Backprop equal what ``explain`` gives for each name (Guided Backprop: the magnitude of the
+    explanation's input gradients at the image size)."""
+    from mmcam.core.maps import at_size
+    from mmcam.eval.any_model import subject_maps, subject_of
+    from mmcam.eval.items import DataItem
+
+    blip = adapter("blip")
+    subject = subject_of(blip, DataItem(1, str(image_file()), CAPTION))
+    maps = subject_maps(blip, subject, ["gradcam", "layercam"])
+    assert list(maps) == ["guided_backprop", "gradcam", "guided_gradcam", "layercam", "guided_layercam"]
+    for name in ("gradcam", "guided_gradcam", "layercam", "guided_layercam"):
+        expected = blip.explain(str(image_file()), CAPTION, method=name, guided=False, counterfactual=False, contrast=False)
+        assert maps[name].shape == (3, 40, 56) and np.array_equal(maps[name], expected.heatmaps), name
+    guided = blip.explain(str(image_file()), CAPTION, method="gradcam", guided=True, counterfactual=False, contrast=False)
+    magnitude = torch.from_numpy(np.abs(guided.guided_gradients).sum(axis=1))
+    assert np.array_equal(maps["guided_backprop"], at_size(magnitude, (40, 56)).numpy())
+    assert not np.allclose(maps["gradcam"], maps["guided_gradcam"])
 
 
 def test_faithfulness_scores_are_the_models_own(tmp_path) -> None:

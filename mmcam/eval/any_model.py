@@ -1,9 +1,10 @@
 """Evaluations on any adapter (shipped, timm/torchvision classifiers, ``hf:`` captioners and VQA
 models, your own scorer), on the items of a data file (see :mod:`mmcam.eval.items`).
 
-Everything goes through the adapters' public ``explain`` / ``explain_batch``: each map name
-(a method, its ``guided_`` variant) is one explanation of the item's fixed targets, and a
-perturbed image is scored by explaining it again and reading the targets' scores. Targets: the
+Everything goes through the adapters' public ``explain`` / ``explain_batch``: one explanation
+with Guided Backprop per method gives the method's map, its ``guided_`` variant and Guided
+Backprop's of the item's fixed targets, and a perturbed image is scored by explaining it again
+and reading the targets' scores. Targets: the
 caption's words (the given caption, or the model's own), the VQA answer (given, or predicted),
 the classifier's predicted class; fixed once from the trained model, so sanity compares maps of
 the same targets.
@@ -17,6 +18,7 @@ class's probability.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.localize import localization_box
+from ..core.maps import GUIDED_PREFIX, at_size
 from ..errors import InputError
 from ..io import LoadedImage, load_image
 from .faithfulness import faithfulness_of_maps
@@ -36,9 +39,6 @@ from .localization import iou
 from .pointing import box_mask, center_map, energy_inside, expected_uniform_pointing, grow_box, inside_outside_ratio, pointing_hit, random_map, uniform_map
 from .sanity import cascading_randomization
 from .summary import summarise
-
-GUIDED_PREFIX = "guided_"
-
 
 @dataclass(frozen=True)
 class Subject:
@@ -51,9 +51,6 @@ class Subject:
     labels: tuple[str, ...]
 
 
-def map_names(methods: Sequence[str]) -> list[str]:
-    """Every method and its ``guided_`` variant (map x |Guided Backprop|)."""
-    return [name for method in methods for name in (method, GUIDED_PREFIX + method)]
 
 
 def subject_of(adapter: Any, item: DataItem, words: Sequence[int] | None = None) -> Subject:
@@ -74,9 +71,9 @@ def subject_of(adapter: Any, item: DataItem, words: Sequence[int] | None = None)
     raise InputError(f"cannot evaluate a model of kind {adapter.kind!r}; kinds: caption, vqa, classify")
 
 
-def _explain(adapter: Any, images: Sequence[Any], subject: Subject, method: str) -> list:
+def _explain(adapter: Any, images: Sequence[Any], subject: Subject, method: str, guided: bool = False) -> list:
     """One explanation per image of the subject's targets (None targets: the model's best)."""
-    options = {"method": method, "guided": False, "counterfactual": False}
+    options = {"method": method, "guided": guided, "counterfactual": False}
     if adapter.kind == "caption":
         words = list(subject.targets) or None
         return [adapter.explain(image, subject.text, words=words, contrast=False, **options) for image in images]
@@ -86,9 +83,19 @@ def _explain(adapter: Any, images: Sequence[Any], subject: Subject, method: str)
     return adapter.explain_batch(list(images), list(subject.targets) or None, **options)
 
 
-def subject_maps(adapter: Any, subject: Subject, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per map name, maps (T, H, W) in [0, 1] of the subject's targets at the image's size."""
-    return {name: _explain(adapter, [subject.image], subject, name)[0].heatmaps for name in names}
+def subject_maps(adapter: Any, subject: Subject, methods: Sequence[str]) -> dict[str, np.ndarray]:
+    """Maps (T, H, W) in [0, 1] of the subject's targets at the image's size: ``guided_backprop``
+    (|Guided Backprop| summed over colours), each method and its ``guided_`` variant (the map
+    times that magnitude); one explanation with Guided Backprop per method."""
+    maps: dict[str, np.ndarray] = {}
+    for method in methods:
+        explanation = _explain(adapter, [subject.image], subject, method, guided=True)[0]
+        if not maps:
+            magnitude = np.abs(explanation.guided_gradients[: len(explanation)]).sum(axis=1)
+            maps["guided_backprop"] = at_size(torch.from_numpy(magnitude), subject.image.size).numpy()
+        maps[method] = explanation.heatmaps
+        maps[GUIDED_PREFIX + method] = dataclasses.replace(explanation, method=GUIDED_PREFIX + method).heatmaps
+    return maps
 
 
 def target_scores(adapter: Any, subject: Subject, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,12 +130,11 @@ def sanity_on_items(
     parameter layer of the adapter's model, on the items' fixed targets: per map name, Spearman
     and SSIM per step and the layer re-initialised at that step."""
     subjects = [subject_of(adapter, item) for item in items]
-    names = map_names(methods)
 
     def maps_of(model_adapter: Any) -> dict[str, np.ndarray]:
         collected: dict[str, list[np.ndarray]] = defaultdict(list)
         for subject in subjects:
-            for name, stack in subject_maps(model_adapter, subject, names).items():
+            for name, stack in subject_maps(model_adapter, subject, methods).items():
                 collected[name].extend(stack)
         return {name: np.stack(stack) for name, stack in collected.items()}
 
@@ -150,11 +156,10 @@ def faithfulness_on_items(
     and a random map, per target (occlusion against the score y, deletion / insertion / ROAD
     on the probability), averaged over all targets of all items."""
     rng = np.random.default_rng(seed)
-    names = map_names(methods)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item in tqdm(items, desc="faithfulness", disable=not show_progress):
         subject = subject_of(adapter, item)
-        maps = subject_maps(adapter, subject, names)
+        maps = subject_maps(adapter, subject, methods)
         image = _image_tensor(subject.image)
         for t in range(len(subject.targets)):
 
@@ -197,12 +202,11 @@ def grounding_on_items(
     the boxes) and ``inside_outside`` (median). VQA adds the model's ``accuracy`` on the items'
     answers under ``model``."""
     rng = np.random.default_rng(seed)
-    names = map_names(methods)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     correct = 0
     for item in tqdm(items, desc="grounding", disable=not show_progress):
         subject, boxes = _boxed_subjects(adapter, item)
-        maps = subject_maps(adapter, subject, names)
+        maps = subject_maps(adapter, subject, methods)
         shape = subject.image.size
         if adapter.kind == "vqa":
             predicted = _explain(adapter, [subject.image], Subject(subject.image, subject.text, (), ()), "gradcam")[0].labels[0]
@@ -230,11 +234,10 @@ def localization_on_items(
     map (15% of its maximum, largest segment) is correct when its IoU with one of the target's
     boxes is >= 0.5 (``loc_accuracy``); ``mean_iou``: the mean of the best IoU (0 for an empty
     map)."""
-    names = map_names(methods)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item in tqdm(items, desc="localization", disable=not show_progress):
         subject, boxes = _boxed_subjects(adapter, item)
-        for name, stack in subject_maps(adapter, subject, names).items():
+        for name, stack in subject_maps(adapter, subject, methods).items():
             for t, target_boxes in enumerate(boxes):
                 found = localization_box(stack[t])
                 overlap = max(iou(found, box) for box in target_boxes) if found is not None else 0.0
