@@ -89,10 +89,13 @@ def test_model_is_unchanged_when_a_target_raises_midway(tiny_cnn, images) -> Non
             with GradCAM(tiny_cnn, "relu2") as cam:
                 cam.gradients(images, [ClassTarget(0), broken], guided=guided)
     assert_same_state(before, model_state(tiny_cnn))
-    # Guided mode is off again: plain gradients are the ordinary ones.
-    images = images.clone().requires_grad_()
-    (gradient,) = torch.autograd.grad(tiny_cnn.eval()(images)[:, 1].sum(), images)
-    assert (gradient < 0).any()
+    # Guided mode is off again: the gradient equals that of a never-explained copy, exactly.
+    fresh = TinyCNN().eval()
+    fresh.load_state_dict(tiny_cnn.state_dict())
+    leaf, fresh_leaf = images.clone().requires_grad_(), images.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(tiny_cnn.eval()(leaf)[:, 1].sum(), leaf)
+    (reference,) = torch.autograd.grad(fresh(fresh_leaf)[:, 1].sum(), fresh_leaf)
+    assert torch.equal(gradient, reference) and (gradient < 0).any()
 
 
 def test_explaining_runs_in_eval_mode_and_restores_train_mode() -> None:

@@ -59,8 +59,11 @@ class GradientRecord:
 class GradCAM:
     """Grad-CAM and its siblings on one layer of any ``nn.Module``.
 
-    >>> with GradCAM(model, layer="layer4") as cam:
-    ...     maps = cam(images, [ClassTarget(281), ClassTarget(285)])   # (N, 2, H, W)
+    >>> cam = GradCAM(model, layer="layer4")
+    >>> maps = cam(images, [ClassTarget(281), ClassTarget(285)])   # (N, 2, H, W)
+
+    (``with GradCAM(...) as cam:`` also works; the block holds nothing, since hooks exist only
+    while a call runs.)
 
     The layer is a module, a dotted name or ``None`` (the last convolutional stage). Targets are
     callables mapping the model's output to one scalar per sample, shape (N,). All targets share
