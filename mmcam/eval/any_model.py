@@ -9,9 +9,9 @@ caption's words (the given caption, or the model's own), the VQA answer (given, 
 the classifier's predicted class; fixed once from the trained model, so sanity compares maps of
 the same targets.
 
-Faithfulness perturbs the image's pixels at their original size (uint8, as a user's image is),
-not the model's input tensor: "zero" is black, and the model's preprocessing runs on every
-perturbed image. Scores: log p(word) for caption words, the answer's y^c (pre-softmax logit, or
+Faithfulness perturbs the image's pixels (uint8, as a user's image is; shrunk to 512 px on its
+longest side when larger), not the model's input tensor: "zero" is black, and the model's
+preprocessing runs on every perturbed image. Scores: log p(word) for caption words, the answer's y^c (pre-softmax logit, or
 log p for a generative VQA model), the class logit; probabilities: p(word), the answer's and the
 class's probability.
 """
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -39,6 +40,9 @@ from .localization import iou
 from .pointing import box_mask, center_map, energy_inside, expected_uniform_pointing, grow_box, inside_outside_ratio, pointing_hit, random_map, uniform_map
 from .sanity import cascading_randomization
 from .summary import summarise
+
+FAITHFULNESS_SIDE = 512  # longest side of the images faithfulness perturbs
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -120,7 +124,17 @@ def _probabilities(adapter: Any, explanation: Any) -> np.ndarray:
 
 
 def _image_tensor(image: LoadedImage) -> Tensor:
-    return torch.from_numpy(image.pixels).permute(2, 0, 1).double() / 255
+    return torch.from_numpy(image.pixels).permute(2, 0, 1).float() / 255
+
+
+def _at_most(image: LoadedImage, side: int) -> LoadedImage:
+    """``image`` shrunk (Lanczos) so its longest side is at most ``side`` pixels."""
+    height, width = image.size
+    scale = side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return LoadedImage(np.asarray(Image.fromarray(image.pixels).resize(size, Image.Resampling.LANCZOS)), image.source, image.notes)
 
 
 def sanity_on_items(
@@ -151,14 +165,17 @@ def faithfulness_on_items(
     with_road: bool = True,
     seed: int = 0,
     show_progress: bool = False,
+    side: int = FAITHFULNESS_SIDE,
 ) -> dict[str, dict[str, float]]:
     """Every measure of :func:`~mmcam.eval.faithfulness.faithfulness_of_maps` for each map name
     and a random map, per target (occlusion against the score y, deletion / insertion / ROAD
-    on the probability), averaged over all targets of all items."""
+    on the probability), averaged over all targets of all items. An image larger than ``side``
+    pixels is shrunk to it first (each curve holds dozens of perturbed copies of the image)."""
     rng = np.random.default_rng(seed)
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for item in tqdm(items, desc="faithfulness", disable=not show_progress):
         subject = subject_of(adapter, item)
+        subject = dataclasses.replace(subject, image=_at_most(subject.image, side))
         maps = subject_maps(adapter, subject, methods)
         image = _image_tensor(subject.image)
         for t in range(len(subject.targets)):
