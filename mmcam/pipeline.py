@@ -80,18 +80,21 @@ def explanations(
     items: Sequence[ItemLabels],
     *,
     method: str,
-    explained: int,
+    explained: int | Sequence[int],
     counterfactual: bool = DEFAULT_COUNTERFACTUAL,
 ) -> list[Explanation]:
     """One explanation per image of ``record``: the ``explained`` first targets' maps, their
     counterfactual maps (when asked), the maps of the contrastive targets after them, scores,
-    Guided Backprop gradients when the pass had them, all at the layer's grid."""
+    Guided Backprop gradients when the pass had them, all at the layer's grid. ``explained``
+    is one count for all images or one per image (captions of different lengths: image n's
+    targets are its first ``explained[n]`` columns, its contrasts the next ones)."""
     base, _ = split_method(method)
     grid = raw_maps(record, base, layer_name=cam.layer_name).numpy()
     counter = raw_maps(record, base, counterfactual=True, layer_name=cam.layer_name).numpy() if counterfactual else None
     guided = None if record.input_gradients is None else record.input_gradients.numpy()
+    counts = [explained] * len(items) if isinstance(explained, int) else list(explained)
     results = []
-    for n, item in enumerate(items):
+    for n, (item, count) in enumerate(zip(items, counts, strict=True)):
         contrasts = len(item.contrast_labels)
         results.append(
             Explanation(
@@ -102,11 +105,11 @@ def explanations(
                 method=method,
                 labels=list(item.labels),
                 indices=list(item.indices),
-                scores=record.scores[n, :explained].numpy(),
-                grid_maps=grid[n, :explained],
-                guided_gradients=None if guided is None else guided[n, : explained + contrasts],
-                counterfactual_maps=None if counter is None else counter[n, :explained],
-                contrast_maps=grid[n, explained : explained + contrasts] if contrasts else None,
+                scores=record.scores[n, :count].numpy(),
+                grid_maps=grid[n, :count],
+                guided_gradients=None if guided is None else guided[n, : count + contrasts],
+                counterfactual_maps=None if counter is None else counter[n, :count],
+                contrast_maps=grid[n, count : count + contrasts] if contrasts else None,
                 contrast_labels=list(item.contrast_labels),
                 attention_maps=item.attention,
                 guided_activations=dict(record.guided_activations),

@@ -133,6 +133,86 @@ class WordContrastTarget:
 
 
 
+def _item_rows(pieces: Sequence[tuple[int, int, int]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(sample, position, token id) triples -> three index tensors."""
+    table = torch.as_tensor(list(pieces), dtype=torch.long, device=device).reshape(-1, 3)
+    return table[:, 0], table[:, 1], table[:, 2]
+
+
+@dataclass(frozen=True)
+class ItemWordTarget:
+    """One caption word per sample of a minibatch of different captions: ``words[n]`` is
+    sample n's word as (positions, token ids), or None where sample n has no word in this slot
+    (its score is 0, so its maps are 0). Each sample's scalar reads only its own row of the
+    output, so no target mixes items; a word made of several tokens sums its pieces, as
+    :class:`WordTarget` does."""
+
+    words: tuple[tuple[tuple[int, ...], tuple[int, ...]] | None, ...]
+    score: str = "logprob"
+
+    @property
+    def scored(self) -> tuple[bool, ...]:
+        """Per sample, whether it has a word here."""
+        return tuple(word is not None for word in self.words)
+
+    def __call__(self, output: CaptionScores) -> Tensor:
+        table = output.logits if self.score == "logit" else output.logprobs
+        if len(self.words) != table.shape[0]:
+            raise ValueError(f"{len(self.words)} words given for a batch of {table.shape[0]}")
+        pieces = [
+            (n, position, token)
+            for n, word in enumerate(self.words)
+            if word is not None
+            for position, token in zip(*word, strict=True)
+        ]
+        samples, positions, tokens = _item_rows(pieces, table.device)
+        return table.new_zeros(table.shape[0]).index_add(0, samples, table[samples, positions, tokens])
+
+
+@dataclass(frozen=True)
+class ItemWordContrastTarget:
+    """Per sample, :class:`WordContrastTarget` against the runner-up token: ``words[n]`` is
+    (position, token id) of sample n's word, or None (score 0)."""
+
+    words: tuple[tuple[int, int] | None, ...]
+
+    @property
+    def scored(self) -> tuple[bool, ...]:
+        """Per sample, whether it has a word here."""
+        return tuple(word is not None for word in self.words)
+
+    def __call__(self, output: CaptionScores) -> Tensor:
+        logprobs = output.logprobs
+        if len(self.words) != logprobs.shape[0]:
+            raise ValueError(f"{len(self.words)} words given for a batch of {logprobs.shape[0]}")
+        samples, positions, tokens = _item_rows(
+            [(n, *word) for n, word in enumerate(self.words) if word is not None], logprobs.device
+        )
+        steps = logprobs[samples, positions]  # (M, V)
+        ranked = steps.detach().topk(2, dim=1).indices
+        alternatives = torch.where(ranked[:, 0] == tokens, ranked[:, 1], ranked[:, 0])
+        values = steps.gather(1, tokens[:, None]).squeeze(1) - steps.gather(1, alternatives[:, None]).squeeze(1)
+        return logprobs.new_zeros(logprobs.shape[0]).index_add(0, samples, values)
+
+
+
+@dataclass(frozen=True)
+class SummedTarget:
+    """The sum of targets that each score a different set of samples (0 for the others): one
+    column of a minibatch in which sample n's target is a word and sample m's a contrast."""
+
+    parts: tuple[Any, ...]
+
+    @property
+    def scored(self) -> tuple[bool, ...]:
+        """Per sample, whether one of the parts scores it."""
+        return tuple(any(cells) for cells in zip(*(part.scored for part in self.parts), strict=True))
+
+    def __call__(self, output: Any) -> Tensor:
+        return torch.stack([part(output) for part in self.parts]).sum(dim=0)
+
+
+
 @dataclass(frozen=True)
 class ChosenClassTarget:
     """Per sample, the logit of a given class, or (``None``) of the sample's predicted class

@@ -17,13 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
+from ..core.gradcam import Target
 from ..core.hooks import model_lock
 from ..core.maps import split_method
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
-from ..targets import CaptionScores, WordContrastTarget, WordTarget
+from ..targets import CaptionScores, ItemWordContrastTarget, ItemWordTarget, SummedTarget
 from ._scorer_adapter import ScorerAdapter
 
 SCORES = ("logprob", "logit")
@@ -49,7 +50,9 @@ class CaptionScorer(Protocol):
 
     ``model`` is the module that holds ``layer`` (the vision encoder's last convolutional layer,
     a dotted name); ``reshape`` is ``None`` for (N, C, h, w) layers or a
-    :class:`~mmcam.TokenGrid` for token layouts.
+    :class:`~mmcam.TokenGrid` for token layouts. An optional ``pad_id`` (default 0) right-pads
+    the shorter captions of a minibatch; ``score`` must give a real token's row the same value
+    whatever follows it (true of causal decoders).
     """
 
     name: str
@@ -121,30 +124,63 @@ class CaptionAdapter(ScorerAdapter):
         contrast: bool = True,
     ) -> CaptionRun:
         """The forward and backward pass behind :meth:`explain`, for callers that want several
-        methods' maps from the same gradients (evaluation)."""
+        methods' maps from the same gradients (evaluation): :meth:`run_batch` of one image."""
+        run = self.run_batch(
+            [image], [caption], words=words, method=method, beam_size=beam_size, score=score,
+            whole_caption=whole_caption, guided=guided, contrast=contrast,
+        )
+        return CaptionRun(
+            run.cam, run.record, run.tokens[0], run.images[0], run.chosen[0], run.labels[0], run.word_counts[0], run.method
+        )
+
+    def run_batch(
+        self,
+        images: Sequence[ImageLike],
+        captions: Sequence[str | None] | None = None,
+        *,
+        words: Sequence[int | str] | None = None,
+        method: str | None = None,
+        beam_size: int = 1,
+        score: str = "logprob",
+        whole_caption: bool = False,
+        guided: bool = True,
+        contrast: bool = True,
+    ) -> CaptionBatchRun:
+        """ONE forward and ONE batched backward pass over N images, each with its own caption
+        (given, or generated where ``captions[n]`` is None), right-padded with the scorer's
+        ``pad_id`` (0 when it has none) to the longest caption (N, L).
+
+        Target column j is, per image, its j-th target (its words, then the whole caption if
+        asked, then the contrasts) or nothing (score 0) where it has fewer: every target reads
+        only its own image's row, and a causal decoder's rows for real tokens never see the
+        padding after them, so each image's maps and scores equal its own pass's."""
         if score not in SCORES:
             raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
         method = method or self.default_method
         split_method(method)  # an unknown method fails before any work
-        loaded = load_image(image)
-        images = self.scorer.preprocess(loaded.pixels)[None]
-        tokens = self.caption_tokens(loaded, caption, beam_size)
-        if not tokens.words:
+        given = [None] * len(images) if captions is None else list(captions)
+        if len(given) != len(images):
+            raise InputError(f"{len(images)} images but {len(given)} captions")
+        if not images:
+            raise InputError("no images to explain")
+        loaded = [load_image(image) for image in images]
+        pixels = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
+        tokens = [self.caption_tokens(item, caption, beam_size) for item, caption in zip(loaded, given, strict=True)]
+        if any(not item.words for item in tokens):
             raise InputError("the caption has no words to explain")
-        chosen = _select_words(tokens, words)
-        targets = [WordTarget(tokens.spans[w], tuple(tokens.ids[p] for p in tokens.spans[w]), score) for w in chosen]
-        labels = [tokens.words[w] for w in chosen]
-        if whole_caption:
-            targets.append(WordTarget(tuple(range(len(tokens.ids))), tokens.ids, "logprob"))
-            labels.append("<caption>")
-        word_count = len(targets)
-        if contrast:
-            targets += [WordContrastTarget(tokens.spans[w][0], tokens.ids[tokens.spans[w][0]]) for w in chosen]
-        ids = torch.tensor([tokens.ids], dtype=torch.long)
-        cam, record = run_pass(self._model_pass(), (images, ids), targets, method=method, guided=guided)
-        if caption is None and beam_size == 1:
-            check_greedy_rows(record.output, tokens.ids)
-        return CaptionRun(cam, record, tokens, loaded, chosen, labels, word_count, method)
+        chosen = [_select_words(item, words) for item in tokens]
+        plans = [_item_plan(item, positions, whole_caption, contrast) for item, positions in zip(tokens, chosen, strict=True)]
+        targets = _column_targets([plan for plan, _ in plans], score)
+        pad = getattr(self.scorer, "pad_id", None) or 0
+        ids = torch.full((len(tokens), max(len(item.ids) for item in tokens)), pad, dtype=torch.long)
+        for n, item in enumerate(tokens):
+            ids[n, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
+        cam, record = run_pass(self._model_pass(), (pixels, ids), targets, method=method, guided=guided)
+        for n, (item, caption) in enumerate(zip(tokens, given, strict=True)):
+            if caption is None and beam_size == 1:
+                check_greedy_rows(record.output, item.ids, item=n)
+        labels = [[item.words[w] for w in positions] + (["<caption>"] if whole_caption else []) for item, positions in zip(tokens, chosen, strict=True)]
+        return CaptionBatchRun(cam, record, tokens, loaded, chosen, labels, [count for _, count in plans], method)
 
     def explain(
         self,
@@ -166,36 +202,70 @@ class CaptionAdapter(ScorerAdapter):
         ``"logit"``; ``whole_caption`` adds a map for the sum of the words' log-probs. The
         explanation also holds Guided Grad-CAM, counterfactual maps, contrastive maps against
         each step's runner-up word (:attr:`~mmcam.explanation.Explanation.contrasts`) and the model's attention, when it has
-        one.
+        one. The one-image case of :meth:`explain_batch`.
         """
-        run = self.run(
-            image, caption, words=words, method=method, beam_size=beam_size, score=score,
-            whole_caption=whole_caption, guided=guided, contrast=contrast,
-        )
-        tokens, output = run.tokens, run.record.output
-        spans = [tokens.spans[w] for w in run.chosen]
-        if whole_caption:
-            spans.append(tuple(range(len(tokens.ids))))
-        logprobs = [float(output.logprobs[0, list(span), [tokens.ids[p] for p in span]].sum()) for span in spans]
-        caption_text = " ".join(tokens.words)
-        info = {"caption": caption_text, "logprobs": logprobs, "score": score, "title": caption_text}
-        contrast_labels = []
-        if contrast:
-            contrast_labels = [f"{position:02d}-{tokens.words[position]}-vs-runner-up" for position in run.chosen]
-            info["contrast_scores"] = run.record.scores[0, run.word_count :].numpy()
-        item = ItemLabels(
-            run.image,
-            run.labels,
-            [*run.chosen, *([-1] if whole_caption else [])],
-            info,
-            contrast_labels,
-            attention_maps(output, spans),
-        )
-        (explanation,) = explanations(
-            self.kind, self.name, run.cam, run.record, [item], method=run.method,
-            explained=run.word_count, counterfactual=counterfactual,
+        (explanation,) = self.explain_batch(
+            [image], [caption], words=words, method=method, beam_size=beam_size, score=score,
+            whole_caption=whole_caption, guided=guided, counterfactual=counterfactual, contrast=contrast,
         )
         return explanation
+
+    def explain_batch(
+        self,
+        images: Sequence[ImageLike],
+        captions: Sequence[str | None] | None = None,
+        *,
+        words: Sequence[int | str] | None = None,
+        method: str | None = None,
+        beam_size: int = 1,
+        score: str = "logprob",
+        whole_caption: bool = False,
+        guided: bool = True,
+        counterfactual: bool = DEFAULT_COUNTERFACTUAL,
+        contrast: bool = True,
+    ) -> list[Explanation]:
+        """:meth:`explain` for N images, each with its own caption (None or a None entry:
+        generated), from ONE forward and ONE batched backward pass (:meth:`run_batch`); each
+        explanation equals the image's own :meth:`explain` up to float rounding."""
+        run = self.run_batch(
+            images, captions, words=words, method=method, beam_size=beam_size, score=score,
+            whole_caption=whole_caption, guided=guided, contrast=contrast,
+        )
+        output = run.record.output
+        items = []
+        for n, (tokens, chosen, count) in enumerate(zip(run.tokens, run.chosen, run.word_counts, strict=True)):
+            spans = [tokens.spans[w] for w in chosen] + ([tuple(range(len(tokens.ids)))] if whole_caption else [])
+            logprobs = [float(output.logprobs[n, list(span), [tokens.ids[p] for p in span]].sum()) for span in spans]
+            caption_text = " ".join(tokens.words)
+            info = {"caption": caption_text, "logprobs": logprobs, "score": score, "title": caption_text}
+            contrast_labels = []
+            if contrast:
+                contrast_labels = [f"{position:02d}-{tokens.words[position]}-vs-runner-up" for position in chosen]
+                info["contrast_scores"] = run.record.scores[n, count : count + len(chosen)].numpy()
+            indices = [*chosen, *([-1] if whole_caption else [])]
+            attention = attention_maps(output, spans, item=n)
+            items.append(ItemLabels(run.images[n], run.labels[n], indices, info, contrast_labels, attention))
+        return explanations(
+            self.kind, self.name, run.cam, run.record, items, method=run.method,
+            explained=run.word_counts, counterfactual=counterfactual,
+        )
+
+
+@dataclass(frozen=True)
+class CaptionBatchRun:
+    """One forward and backward pass over N captioned images: the engine, its record (column
+    j: image n's j-th target, words then the whole caption then the contrasts, or 0), and per
+    image its caption's tokens, the image, the chosen word positions, the labels, and how many
+    of its targets are explained (words and the whole caption); the method asked for."""
+
+    cam: GradCAM
+    record: GradientRecord
+    tokens: list[CaptionTokens]
+    images: list[LoadedImage]
+    chosen: list[list[int]]
+    labels: list[list[str]]
+    word_counts: list[int]
+    method: str
 
 
 @dataclass(frozen=True)
@@ -242,14 +312,14 @@ def check_caption_scores(scores: object, ids: Tensor) -> CaptionScores:
     return scores
 
 
-def check_greedy_rows(scores: CaptionScores, ids: Sequence[int]) -> None:
-    """For a caption the scorer generated greedily (one caption, L tokens): row t's most likely
+def check_greedy_rows(scores: CaptionScores, ids: Sequence[int], item: int = 0) -> None:
+    """For a caption the scorer generated greedily (image ``item``'s, L tokens): row t's most likely
     token should be token t. A scorer whose rows are shifted by one step reproduces the
     neighbouring tokens instead; raise when a shift agrees with the generated tokens more often
     than the rows as given (logit processors in ``generate`` may move a few argmaxes, not most)."""
     if len(ids) < 2:
         return
-    best = scores.logits[0].detach().argmax(dim=-1).tolist()
+    best = scores.logits[item, : len(ids)].detach().argmax(dim=-1).tolist()
     same = sum(b == t for b, t in zip(best, ids, strict=True))
     early = sum(b == t for b, t in zip(best, ids[1:], strict=False))  # row t predicts token t + 1
     late = sum(b == t for b, t in zip(best[1:], ids, strict=False))  # row t predicts token t - 1
@@ -280,10 +350,47 @@ def _select_words(tokens: CaptionTokens, words: Sequence[int | str] | None) -> l
     return chosen
 
 
-def attention_maps(output: CaptionScores, spans: Sequence[Sequence[int]]) -> np.ndarray | None:
-    """The model's attention for each word (mean over its tokens' steps) at its own grid:
-    (T, h, w), or None when the model has no attention."""
+def attention_maps(output: CaptionScores, spans: Sequence[Sequence[int]], item: int = 0) -> np.ndarray | None:
+    """The model's attention for each word of image ``item`` (mean over its tokens' steps) at
+    its own grid: (T, h, w), or None when the model has no attention."""
     if output.attention is None:
         return None
-    steps = torch.stack([output.attention[0, list(span)].mean(dim=0) for span in spans])
+    steps = torch.stack([output.attention[item, list(span)].mean(dim=0) for span in spans])
     return steps.detach().float().numpy()
+
+
+# One planned target of an image: ("word", (positions, token ids)), ("caption", ...) or
+# ("contrast", (position, token id)).
+_Plan = tuple[str, tuple]
+
+
+def _item_plan(tokens: CaptionTokens, chosen: Sequence[int], whole_caption: bool, contrast: bool) -> tuple[list[_Plan], int]:
+    """An image's targets in order (its words, the whole caption if asked, the contrasts at
+    each word's first token) and how many of them are explained (all but the contrasts)."""
+    plan: list[_Plan] = [("word", (tokens.spans[w], tuple(tokens.ids[p] for p in tokens.spans[w]))) for w in chosen]
+    if whole_caption:
+        plan.append(("caption", (tuple(range(len(tokens.ids))), tokens.ids)))
+    explained = len(plan)
+    if contrast:
+        plan += [("contrast", (tokens.spans[w][0], tokens.ids[tokens.spans[w][0]])) for w in chosen]
+    return plan, explained
+
+
+def _column_targets(plans: Sequence[Sequence[_Plan]], score: str) -> list[Target]:
+    """Target column j of a minibatch: per image its j-th planned target, or nothing (0). A
+    column mixing kinds (one image's word beside another's contrast) sums one per-image target
+    per kind; each scores only its own images, so every image still gets its own scalar."""
+    columns = []
+    for j in range(max(len(plan) for plan in plans)):
+        entries = [plan[j] if j < len(plan) else None for plan in plans]
+        parts: list[Target] = []
+        for kind in ("word", "caption", "contrast"):
+            picked = tuple(entry[1] if entry is not None and entry[0] == kind else None for entry in entries)
+            if all(value is None for value in picked):
+                continue
+            if kind == "contrast":
+                parts.append(ItemWordContrastTarget(picked))
+            else:
+                parts.append(ItemWordTarget(picked, score if kind == "word" else "logprob"))
+        columns.append(parts[0] if len(parts) == 1 else SummedTarget(tuple(parts)))
+    return columns

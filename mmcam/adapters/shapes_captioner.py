@@ -27,6 +27,11 @@ class ShapesCaptionerScorer:
     layer: str = "encoder"
     reshape: object | None = None
 
+    @property
+    def pad_id(self) -> int:
+        """The id that right-pads shorter captions of a minibatch."""
+        return self.model.pad_id
+
     def preprocess(self, pixels: np.ndarray) -> Tensor:
         size = self.model.config.image_size
         return to_tensor(pixels, (size, size))

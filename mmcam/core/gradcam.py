@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .gradients import DEFAULT_CHUNK_SIZE, target_gradients
+from .gradients import DEFAULT_CHUNK_SIZE, propagate, target_gradients
 from .graph import RecordGraph
 from .guided import guided_backprop
 from .hooks import capture_output, eval_mode, model_lock
@@ -189,7 +189,14 @@ class GradCAM:
                 inputs = _replace(inputs, image_key, image)
                 switch = stack.enter_context(guided_backprop(self.model))
             graph = RecordGraph(active=not prune)
-            captured = stack.enter_context(capture_output(self.layer, on_capture=graph.activate))
+            gates_at_capture: list[int] = []
+
+            def on_capture() -> None:
+                graph.activate()
+                if guided:
+                    gates_at_capture.append(sum(switch.applied.values()))
+
+            captured = stack.enter_context(capture_output(self.layer, on_capture=on_capture))
             extras = {
                 name: stack.enter_context(capture_output(module, on_capture=graph.activate))
                 for name, module in self.extra_layers.items()
@@ -225,7 +232,13 @@ class GradCAM:
                         "forward pass to apply its rule to; use a method without guided_"
                     )
                 switch.guided = True
-                (input_gradients,) = target_gradients(scores, [image], chunk_size=self.chunk_size)
+                if gates_at_capture == [sum(guided_activations.values())] and raw_activation.grad_fn is not None:
+                    # no gate runs after the layer: the guided and plain gradients there are the
+                    # same, so only the layers before it are traversed again (exact, cheaper)
+                    cotangents = activation_gradients.transpose(0, 1)
+                    (input_gradients,) = propagate(raw_activation, [image], cotangents, chunk_size=self.chunk_size)
+                else:
+                    (input_gradients,) = target_gradients(scores, [image], chunk_size=self.chunk_size)
                 if input_gradients is None:
                     raise RuntimeError(
                         "Guided Backprop needs the gradient at the image, but the forward pass cuts the "
@@ -236,7 +249,7 @@ class GradCAM:
         activations, gradients, layout = self._to_grid(
             raw_activation.detach(), activation_gradients, image_size, int(image.shape[0])
         )
-        _warn_about_flat_gradients(gradients, self.layer_name)
+        _warn_about_flat_gradients(gradients, self.layer_name, _scored_cells(targets, gradients.shape[0]))
         return GradientRecord(
             activations=activations,
             gradients=gradients,
@@ -299,9 +312,16 @@ def _check_captured(layer_name: str, captured) -> None:
         )
 
 
-def _warn_about_flat_gradients(gradients: Tensor, layer_name: str) -> None:
-    """An all-zero map because the score does not depend on the layer's cells is said so."""
-    flat = (gradients == 0).flatten(2).all(dim=2)  # (N, T)
+def _scored_cells(targets: Sequence[Target], batch: int) -> Tensor:
+    """(N, T): whether target t scores sample n. A target that scores only some samples (a
+    column of a minibatch of captions of different lengths) names them in ``scored``."""
+    return torch.tensor([list(getattr(target, "scored", (True,) * batch)) for target in targets], dtype=torch.bool).T
+
+
+def _warn_about_flat_gradients(gradients: Tensor, layer_name: str, scored: Tensor) -> None:
+    """An all-zero map because the score does not depend on the layer's cells is said so
+    (cells of ``scored`` (N, T) only: a sample a target does not score has a zero map by design)."""
+    flat = (gradients == 0).flatten(2).all(dim=2) & scored.to(gradients.device)  # (N, T)
     if flat.any():
         targets = sorted({int(t) for t in flat.nonzero()[:, 1]})
         warnings.warn(

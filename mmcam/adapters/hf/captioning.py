@@ -49,6 +49,14 @@ class TransformersCaptioner:
     text_argument: str = "input_ids"
     max_new_tokens: int = 30
 
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's pad id (0 when it has none): it right-pads shorter captions of a
+        minibatch, after every real token, so the causal text decoders of these families never
+        read it for a real token's row (batched == one at a time, tested)."""
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
     def preprocess(self, pixels: np.ndarray) -> Tensor:
         return self.image.tensor(pixels)
 
