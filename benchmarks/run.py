@@ -172,6 +172,53 @@ def caption(args: argparse.Namespace) -> dict:
     }
 
 
+def _scene_and_question():
+    """A generated test scene (image array) and an easy-VQA test image path with a question."""
+    import easy_vqa
+
+    from mmcam.data.scenes import make_split
+
+    questions, _, image_ids = easy_vqa.get_test_questions()
+    return make_split("test", 1)[0].image, easy_vqa.get_test_image_paths()[image_ids[0]], questions[0]
+
+
+@section("caption_api")
+def caption_api(args: argparse.Namespace) -> dict:
+    """What users run: ``explain()`` through the public API with each model's default method
+    (Guided variants included), for all words / answers vs one vs a per-word (per-answer)
+    loop. Captioner: the 7-word caption; VQA: the top 3 answers of one question."""
+    import mmcam
+
+    scene, vqa_image, question = _scene_and_question()
+    captioner, vqa = mmcam.load("shapes-captioner"), mmcam.load("easy-vqa")
+    words = len(CAPTION_7.split())
+    answers = [entry["answer"] for entry in vqa.explain(vqa_image, question, top=3).info["top"][:3]]
+    seconds = median_seconds(
+        {
+            "caption_all_words": lambda: captioner.explain(scene, CAPTION_7),
+            "caption_one_word": lambda: captioner.explain(scene, CAPTION_7, words=[0]),
+            "caption_per_word_loop": lambda: [captioner.explain(scene, CAPTION_7, words=[w]) for w in range(words)],
+            "vqa_top3": lambda: vqa.explain(vqa_image, question, top=3),
+            "vqa_top1": lambda: vqa.explain(vqa_image, question),
+            "vqa_per_answer_loop": lambda: [vqa.explain(vqa_image, question, [answer]) for answer in answers],
+        },
+        args.repeats,
+    )
+    return {
+        "caption_model": "shapes-captioner",
+        "caption_method": captioner.default_method,
+        "words": words,
+        "vqa_model": "easy-vqa",
+        "vqa_method": vqa.default_method,
+        "answers": 3,
+        "seconds": seconds,
+        "caption_all_over_one": seconds["caption_all_words"] / seconds["caption_one_word"],
+        "caption_loop_over_all": seconds["caption_per_word_loop"] / seconds["caption_all_words"],
+        "vqa_top3_over_top1": seconds["vqa_top3"] / seconds["vqa_top1"],
+        "vqa_loop_over_top3": seconds["vqa_per_answer_loop"] / seconds["vqa_top3"],
+    }
+
+
 @section("guided")
 def guided(args: argparse.Namespace) -> dict:
     """Guided Grad-CAM for a batch of 8 (EfficientNet-Lite0, 224 px, top class): mmcam's

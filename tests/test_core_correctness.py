@@ -368,3 +368,20 @@ def test_non_finite_maps_raise_instead_of_reporting_a_nan_peak(tiny_cnn, images)
     broken = type(record)(**{**record.__dict__, "activations": record.activations.clone().fill_(float("nan"))})
     with pytest.raises(ValueError, match="contain NaN or infinity"):
         cam.maps(broken)
+
+
+def test_guided_gradients_reuse_the_layer_gradient_when_no_gate_follows_the_layer(images) -> None:
+    """With no activation after the hooked layer, Guided Backprop's image gradient is taken from
+    the layer's gradient through the layers before it only; it must equal Captum's."""
+    from captum.attr import GuidedBackprop
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1, stride=2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()
+    with GradCAM(model, "2") as cam:
+        record = cam.gradients(images, [ClassTarget(0), ClassTarget(3)], guided=True)
+    for column, target in enumerate((0, 3)):
+        reference = GuidedBackprop(model).attribute(images.clone(), target=target)
+        torch.testing.assert_close(record.input_gradients[:, column], reference, rtol=1e-5, atol=1e-7)

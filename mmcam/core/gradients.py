@@ -33,12 +33,26 @@ def target_gradients(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     count = scores.shape[1]
     one_hot = torch.eye(count, dtype=scores.dtype, device=scores.device)
-    chunks: list[list[Tensor]] = []
+    cotangents = one_hot[:, None, :].expand(count, *scores.shape)
+    return propagate(scores, inputs, cotangents, chunk_size=chunk_size, retain_graph=retain_graph)
+
+
+def propagate(
+    output: Tensor,
+    inputs: Sequence[Tensor],
+    cotangents: Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    retain_graph: bool = False,
+) -> list[Tensor | None]:
+    """Vector-Jacobian products of ``output`` for T ``cotangents`` (T, *output.shape) at once:
+    per input, (A0, T, A1, ...) for an input of shape (A0, A1, ...), or None when ``output``
+    does not depend on it. Batched backward passes in chunks of ``chunk_size``."""
+    count = cotangents.shape[0]
+    chunks: list[list[Tensor | None]] = []
     for start in range(0, count, chunk_size):
         stop = min(start + chunk_size, count)
-        keep_graph = retain_graph or stop < count
-        grad_outputs = one_hot[start:stop, None, :].expand(stop - start, *scores.shape)
-        chunks.append(_batched_grad(scores, inputs, grad_outputs, keep_graph))
+        chunks.append(_batched_grad(output, inputs, cotangents[start:stop], retain_graph or stop < count))
     return [
         None if any(chunk is None for chunk in per_input) else torch.cat(per_input, dim=0).transpose(0, 1)
         for per_input in zip(*chunks, strict=True)
@@ -48,7 +62,7 @@ def target_gradients(
 def _batched_grad(
     scores: Tensor, inputs: Sequence[Tensor], grad_outputs: Tensor, retain_graph: bool
 ) -> list[Tensor | None]:
-    """(k, *input.shape) gradients for k one-hot ``grad_outputs`` (k, N, T)."""
+    """(k, *input.shape) gradients for k ``grad_outputs`` (k, *scores.shape)."""
     if grad_outputs.shape[0] == 1:
         grads = torch.autograd.grad(
             scores, inputs, grad_outputs[0], retain_graph=retain_graph, allow_unused=True
