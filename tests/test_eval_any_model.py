@@ -107,13 +107,22 @@ def test_sanity_on_an_hf_captioner_randomises_every_parameter_layer(capsys, tmp_
     assert all(torch.equal(before[name], value) for name, value in blip.scorer.model.state_dict().items())
 
 
-def test_faithfulness_on_an_hf_vqa_model(capsys, tmp_path) -> None:
-    """ViLT, the predicted answer of one item: every measure is defined and in its range."""
-    data = write_lines(tmp_path / "items.jsonl", {"image": str(image_file()), "question": "what color is it"})
-    result = run_json(capsys, "faithfulness", "--model", f"hf:{saved('vilt')}", "--data", data, "--methods", "gradcam")
+@pytest.mark.parametrize(
+    ("family", "line", "targets", "road"),
+    [
+        ("vilt", {"question": "what color is it"}, 1, True),  # the predicted answer
+        ("blip", {"caption": CAPTION}, 3, False),  # every word of the caption
+    ],
+)
+def test_faithfulness_on_hf_models(capsys, tmp_path, family, line, targets, road) -> None:
+    """One item: every measure is defined and in its range, averaged over its targets."""
+    data = write_lines(tmp_path / "items.jsonl", {"image": str(image_file()), **line})
+    options = [] if road else ["--no-road"]
+    result = run_json(capsys, "faithfulness", "--model", f"hf:{saved(family)}", "--data", data, "--methods", "gradcam", *options)
     assert set(result["methods"]) == {"guided_backprop", "gradcam", "guided_gradcam", "random"} and result["n"] == 1
     for name, scores in result["methods"].items():
-        for metric in ("deletion_auc", "deletion_mean_auc", "insertion_auc", "road_morf", "road_lerf"):
+        assert scores["n"] == targets
+        for metric in ("deletion_auc", "deletion_mean_auc", "insertion_auc", *(("road_morf", "road_lerf") if road else ())):
             assert 0 <= scores[metric] <= 1, (name, metric)
         for metric in ("occlusion_spearman", "occlusion_blur_spearman"):
             assert -1 <= scores[metric] <= 1 and scores[f"n_undefined_{metric}"] == 0, (name, metric)

@@ -42,6 +42,7 @@ from .sanity import cascading_randomization
 from .summary import summarise
 
 FAITHFULNESS_SIDE = 512  # longest side of the images faithfulness perturbs
+SCORE_BATCH = 16  # perturbed images explained in one pass
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _explain(adapter: Any, images: Sequence[Any], subject: Subject, method: str,
     options = {"method": method, "guided": guided, "counterfactual": False}
     if adapter.kind == "caption":
         words = list(subject.targets) or None
-        return [adapter.explain(image, subject.text, words=words, contrast=False, **options) for image in images]
+        return adapter.explain_batch(list(images), [subject.text] * len(images), words=words, contrast=False, **options)
     if adapter.kind == "vqa":
         answers = [list(subject.targets)] * len(images) if subject.targets else None
         return adapter.explain_batch(list(images), [subject.text] * len(images), answers, **options)
@@ -105,11 +106,13 @@ def subject_maps(adapter: Any, subject: Subject, methods: Sequence[str]) -> dict
 def target_scores(adapter: Any, subject: Subject, images: Tensor) -> tuple[Tensor, Tensor]:
     """Scores y (B, T) and probabilities (B, T) of the subject's targets on ``images`` (B, 3, H,
     W) in [0, 1] (perturbed copies of the subject's image), as the adapter computes them."""
-    pixels = [image.clamp(0, 1) for image in images]
-    if adapter.kind == "classify":
-        explanations = adapter.explain_batch(pixels, list(subject.targets), method="gradcam", guided=False, counterfactual=False, top=len(adapter.labels))
-    else:
-        explanations = _explain(adapter, pixels, subject, "gradcam")
+    explanations = []
+    for start in range(0, len(images), SCORE_BATCH):
+        pixels = [image.clamp(0, 1) for image in images[start : start + SCORE_BATCH]]
+        if adapter.kind == "classify":
+            explanations += adapter.explain_batch(pixels, list(subject.targets), method="gradcam", guided=False, counterfactual=False, top=len(adapter.labels))
+        else:
+            explanations += _explain(adapter, pixels, subject, "gradcam")
     scores = torch.tensor(np.stack([explanation.scores for explanation in explanations]), dtype=torch.float64)
     return scores, torch.tensor(np.stack([_probabilities(adapter, e) for e in explanations]), dtype=torch.float64)
 
