@@ -2,6 +2,7 @@
 
 from . import demo
 from .core import GradCAM, TokenGrid, guided_gradcam, localization_box
+from .datasets import explain_dataset
 from .registry import available_models, load
 from .targets import ClassTarget, ContrastTarget
 
@@ -13,6 +14,7 @@ __all__ = [
     "guided_gradcam",
     "available_models",
     "demo",
+    "explain_dataset",
     "load",
     "localization_box",
 ]

@@ -91,6 +91,8 @@ def _add_caption(commands) -> None:
     command.add_argument("--beam", type=_positive_int, default=1, metavar="N", help="beam size when generating (default 1: greedy)")
     command.add_argument("--words", nargs="+", metavar="WORD", help="explain only these words (positions or words)")
     command.add_argument("--score", choices=["logprob", "logit"], default="logprob", help="y_t: log-prob (default) or pre-softmax logit")
+    command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"images per forward/backward pass with --format parquet (default {BATCH_SIZE})")
+    _add_dataset_options(command)
     _add_common(command, "shapes-captioner")
     command.set_defaults(run=_run_caption)
 
@@ -104,8 +106,42 @@ def _add_vqa(commands) -> None:
     command.add_argument("--batch", metavar="FILE.jsonl", help='lines {"image": PATH, "question": TEXT} (optional "answer")')
     command.add_argument("--resume", action="store_true", help="with --batch and --out: skip items already written")
     command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"minibatch size (default {BATCH_SIZE})")
+    _add_dataset_options(command)
     _add_common(command, "easy-vqa")
     command.set_defaults(run=_run_vqa)
+
+
+def _add_dataset_options(command: argparse.ArgumentParser) -> None:
+    """Options of a dataset run (--batch FILE --out DIR --format parquet); see README "Datasets"."""
+    command.add_argument("--format", choices=["records", "parquet"], default="records", help="with --batch and --out: JSON records and .npy files per item (default), or Parquet parts and a manifest")
+    command.add_argument("--engine", choices=["local", "ray"], default="local", help="with --format parquet: this machine (default; under torchrun, one shard per rank) or Ray Data")
+    command.add_argument("--workers", type=_non_negative_int, metavar="N", help="local: image-decoding processes (default 2); ray: actors (default 2)")
+    command.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="ray: GPUs per actor (default 0)")
+    command.add_argument("--device", default="cpu", help="local: cpu, cuda or cuda:N (default cpu)")
+    command.add_argument("--quiet", action="store_true", help="with --format parquet: no progress bar")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "a non-negative")
+
+
+def _run_dataset(args: argparse.Namespace, task: str) -> int:
+    """``--format parquet``: the whole items file through :func:`mmcam.explain_dataset`."""
+    from .datasets import explain_dataset
+
+    if not (args.batch and args.out):
+        raise InputError("--format parquet needs --batch FILE.jsonl and --out DIR")
+    options = {"words": args.words, "score": args.score, "beam": args.beam} if task == "caption" else {"answers": args.answer, "top": args.top}
+    manifest = explain_dataset(
+        args.batch, args.out, task=task, model=args.model, weights=args.weights, layer=args.layer, method=args.method,
+        batch_size=args.batch_size, engine=args.engine, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+        device=args.device, resume=args.resume, progress=not args.quiet, **options,
+    )
+    if os.environ.get("RANK", "0") == "0" and manifest.is_file():  # under torchrun, rank 0 reports
+        summary = json.loads(manifest.read_text(encoding="utf-8"))
+        print(f"mmcam {task}: {summary['items']} items ({summary['failed']} failed), {summary['rows']} rows -> {manifest}")
+        return 1 if summary["failed"] else 0
+    return 0
 
 
 def _add_eval(commands) -> None:
@@ -135,12 +171,16 @@ def _add_eval(commands) -> None:
 
 
 def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive")
+
+
+def _int_at_least(text: str, minimum: int, which: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {which} integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {which} integer, got {value}")
     return value
 
 
@@ -258,6 +298,8 @@ def _run_caption(args: argparse.Namespace) -> int:
     from .records import caption_record
 
     _check_sources(args)
+    if args.format == "parquet":
+        return _run_dataset(args, "caption")
     if args.batch:
         items = read_batch(args.batch, optional=("caption",))
         adapter = _load_adapter(args, "caption")
@@ -308,6 +350,8 @@ def _run_vqa(args: argparse.Namespace) -> int:
     _check_sources(args)
     if args.answer and args.top != 1:
         raise InputError("give --answer or --top, not both")
+    if args.format == "parquet":
+        return _run_dataset(args, "vqa")
     if args.batch:
         items = read_batch(args.batch, required=("image", "question"), optional=("answer",))
         adapter = _load_adapter(args, "vqa")
