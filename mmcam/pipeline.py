@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .core import GradCAM, GradientRecord
-from .core.gradcam import Inputs, Reshape, Target
+from .core.gradcam import Inputs, Reshape, Target, map_tensors
 from .core.layers import LayerSpec
 from .core.maps import raw_maps, split_method
 from .explanation import Explanation
@@ -63,13 +64,20 @@ class ItemLabels:
     attention: np.ndarray | None = None
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any): its inputs go there."""
+    return next((parameter.device for parameter in model.parameters()), torch.device("cpu"))
+
+
 def run_pass(
     model_pass: ModelPass, inputs: Inputs, targets: Sequence[Target], *, method: str, guided: bool
 ) -> tuple[GradCAM, GradientRecord]:
     """ONE forward pass and the batched backward passes of all ``targets``; the Guided Backprop
-    gradients too when ``guided`` or when ``method`` is a ``guided_`` variant."""
+    gradients too when ``guided`` or when ``method`` is a ``guided_`` variant. A record made on
+    a GPU comes back on the CPU (explanations hold NumPy arrays)."""
     cam = model_pass.engine(method)
-    return cam, cam.gradients(inputs, targets, guided=guided or split_method(method)[1])
+    record = cam.gradients(inputs, targets, guided=guided or split_method(method)[1])
+    return cam, record if record.scores.device.type == "cpu" else map_tensors(record, Tensor.cpu)
 
 
 def explanations(

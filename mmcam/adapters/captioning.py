@@ -23,7 +23,7 @@ from ..core.maps import split_method
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
-from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
+from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass
 from ..targets import CaptionScores, ItemWordContrastTarget, ItemWordTarget, SummedTarget
 from ._scorer_adapter import ScorerAdapter
 
@@ -103,7 +103,7 @@ class CaptionAdapter(ScorerAdapter):
         search with ``beam_size`` > 1)."""
         if caption is None:
             loaded = load_image(image)
-            images = self.scorer.preprocess(loaded.pixels)[None]
+            images = self.scorer.preprocess(loaded.pixels)[None].to(model_device(self.scorer.model))
             with model_lock(self.scorer.model):  # threads sharing the model take turns
                 return self.scorer.generate(images, beam_size)
         if not caption.strip():
@@ -175,7 +175,8 @@ class CaptionAdapter(ScorerAdapter):
         ids = torch.full((len(tokens), max(len(item.ids) for item in tokens)), pad, dtype=torch.long)
         for n, item in enumerate(tokens):
             ids[n, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
-        cam, record = run_pass(self._model_pass(), (pixels, ids), targets, method=method, guided=guided)
+        device = model_device(self.scorer.model)
+        cam, record = run_pass(self._model_pass(), (pixels.to(device), ids.to(device)), targets, method=method, guided=guided)
         for n, (item, caption) in enumerate(zip(tokens, given, strict=True)):
             if caption is None and beam_size == 1:
                 check_greedy_rows(record.output, item.ids, item=n)

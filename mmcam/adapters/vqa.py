@@ -22,7 +22,7 @@ from ..core import GradCAM, GradientRecord
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
-from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
+from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass
 from ..targets import ChosenClassTarget, ContrastTarget
 from ._scorer_adapter import ScorerAdapter
 
@@ -170,7 +170,8 @@ class VQAAdapter(ScorerAdapter):
         )
         batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
         question_ids = self.scorer.collate(tokens)
-        cam, record = run_pass(model_pass, (batch, question_ids), targets, method=method, guided=guided)
+        device = model_device(self.scorer.model)
+        cam, record = run_pass(model_pass, (batch.to(device), question_ids.to(device)), targets, method=method, guided=guided)
         return VQARun(cam, record, loaded, tokens, choices.wanted, count, batch, question_ids, method, choices.answers)
 
     def explain_batch(

@@ -414,13 +414,21 @@ def _stack_scores(output: Any, targets: Sequence[Target], batch: int) -> tuple[T
 
 
 def _detach(output: Any) -> Any:
-    if isinstance(output, Tensor):
-        return output.detach()
-    if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        fields = {field.name: _detach(getattr(output, field.name)) for field in dataclasses.fields(output) if field.init}
-        return dataclasses.replace(output, **fields)
-    if isinstance(output, tuple) and not hasattr(output, "_fields"):
-        return tuple(_detach(item) for item in output)
-    if isinstance(output, list):
-        return [_detach(item) for item in output]
-    return output
+    return map_tensors(output, Tensor.detach)
+
+
+def map_tensors(value: Any, function: Callable[[Tensor], Tensor]) -> Any:
+    """``value`` with ``function`` applied to every tensor in it: a tensor, or one inside
+    dataclasses (a :class:`GradientRecord`, a model output), dicts, tuples and lists."""
+    if isinstance(value, Tensor):
+        return function(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {field.name: map_tensors(getattr(value, field.name), function) for field in dataclasses.fields(value) if field.init}
+        return dataclasses.replace(value, **fields)
+    if isinstance(value, dict):
+        return {key: map_tensors(item, function) for key, item in value.items()}
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(map_tensors(item, function) for item in value)
+    if isinstance(value, list):
+        return [map_tensors(item, function) for item in value]
+    return value
