@@ -1,0 +1,149 @@
+"""Dataset throughput on the CPU (issue 13): items/s of the shipped captioner and VQA model.
+
+    python benchmarks/dataset.py --json               # every section, 64 items
+    python benchmarks/dataset.py --only batch --items 32
+
+Sections:
+- ``batch``: the per-batch function (one forward and one batched backward per minibatch, rows
+  with native-grid maps) at batch 1 and 16 on decoded images, ``--threads`` torch threads;
+  captions given (a dataset's own captions) and generated, VQA with the top answer.
+- ``ray``: ``explain_dataset(engine="ray")`` with 1 and 2 actors of one thread each, on a local
+  cluster of 2 CPUs started before the clock runs (actor start-up and model loading inside).
+- ``torchrun``: the CLI alone and under ``torchrun --nproc-per-node 2`` (gloo), whole command
+  wall time (process start, model loading and the manifest included).
+Items/s is items over median wall seconds of ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import mmcam  # noqa: E402
+from mmcam.data.scenes import make_split  # noqa: E402
+from mmcam.datasets.items import decode, read_items  # noqa: E402
+from mmcam.datasets.rows import explain_rows  # noqa: E402
+from mmcam.datasets.task import DatasetTask  # noqa: E402
+
+QUESTIONS = ("what color is the shape?", "what shape is in the image?", "is there a circle?")
+
+
+def write_items(folder: Path, count: int) -> dict[str, Path]:
+    """Scenes as PNGs and three items files: captions given, captions generated, questions."""
+    files = {"caption": folder / "captions.jsonl", "generated": folder / "generated.jsonl", "vqa": folder / "questions.jsonl"}
+    lines: dict[str, list[str]] = {name: [] for name in files}
+    for n, scene in enumerate(make_split("test", count)):
+        path = folder / f"scene{n:04d}.png"
+        Image.fromarray(scene.image).save(path)
+        lines["caption"].append(json.dumps({"image": str(path), "caption": scene.caption}))
+        lines["generated"].append(json.dumps({"image": str(path)}))
+        lines["vqa"].append(json.dumps({"image": str(path), "question": QUESTIONS[n % len(QUESTIONS)]}))
+    for name, path in files.items():
+        path.write_text("\n".join(lines[name]) + "\n")
+    return files
+
+
+def median(function, repeats: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def batch_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name, kind in (("caption", "caption"), ("generated", "caption"), ("vqa", "vqa")):
+        task = DatasetTask(kind)
+        adapter = task.load_adapter()
+        decoded = [decode(item) for item in read_items(files[name], task)]
+        entry = {}
+        for size in (1, 16):
+            def run(size=size):
+                for start in range(0, len(decoded), size):
+                    explain_rows(adapter, task, decoded[start : start + size])
+            seconds = median(run, args.repeats)
+            entry[f"batch_{size}_items_per_s"] = round(len(decoded) / seconds, 2)
+        entry["speedup_16_over_1"] = round(entry["batch_16_items_per_s"] / entry["batch_1_items_per_s"], 2)
+        results[name] = entry
+    return results
+
+
+def ray_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results = {}
+    try:
+        for name, kind in (("caption", "caption"), ("vqa", "vqa")):
+            entry = {}
+            for workers in (1, 2):
+                def run(workers=workers):
+                    with tempfile.TemporaryDirectory() as out:
+                        mmcam.explain_dataset(files[name], Path(out) / "run", task=kind, engine="ray", workers=workers, batch_size=16, threads_per_worker=1, progress=False)
+                seconds = median(run, args.repeats)
+                entry[f"workers_{workers}_items_per_s"] = round(args.items / seconds, 2)
+            entry["speedup_2_over_1"] = round(entry["workers_2_items_per_s"] / entry["workers_1_items_per_s"], 2)
+            results[name] = entry
+    finally:
+        ray.shutdown()
+    return results
+
+
+def torchrun_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, kind in (("caption", "caption"), ("vqa", "vqa")):
+        entry = {}
+        for processes in (1, 2):
+            launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", "29612", "-m", "mmcam"] if processes > 1 else ["-m", "mmcam"]
+
+            def run(launcher=launcher):
+                with tempfile.TemporaryDirectory() as out:
+                    command = [sys.executable, *launcher, kind, "--batch", str(files[name]), "--out", f"{out}/run", "--format", "parquet", "--batch-size", "16", "--workers", "0", "--quiet"]
+                    subprocess.run(command, check=True, env=environment, capture_output=True)
+            seconds = median(run, args.repeats)
+            entry[f"processes_{processes}_items_per_s"] = round(args.items / seconds, 2)
+        entry["speedup_2_over_1"] = round(entry["processes_2_items_per_s"] / entry["processes_1_items_per_s"], 2)
+        results[name] = entry
+    return results
+
+
+SECTIONS = {"batch": batch_section, "ray": ray_section, "torchrun": torchrun_section}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the batch section")
+    parser.add_argument("--only", choices=list(SECTIONS), action="append")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_items(Path(folder), args.items)
+        report = {"items": args.items, "repeats": args.repeats, "cpus": os.cpu_count()}
+        for name in args.only or SECTIONS:
+            report[name] = SECTIONS[name](files, args)
+            print(f"{name}: {json.dumps(report[name])}", file=sys.stderr)
+    print(json.dumps(report, indent=1) if args.json else report)
+
+
+if __name__ == "__main__":
+    main()
