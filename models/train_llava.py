@@ -4,7 +4,8 @@ Builds everything offline: a byte-level BPE tokenizer learned from the scenes' c
 train questions and answers and the chat prompt words (``<image>`` an added special token), a
 ``LlavaProcessor`` with a chat template, and a ``LlavaForConditionalGeneration`` (small CLIP ViT,
 standard projector, small Llama) from configs. Trains on mixed batches of scene captions and
-easy-VQA questions, the loss on the answer tokens only, keeps the checkpoint with the best
+easy-VQA questions, the loss on the answer tokens only, plus a training-only per-patch colour/shape
+loss on the scenes' vision tokens (from the scene masks; its heads are not saved), keeps the checkpoint with the best
 validation score, saves model + processor with ``save_pretrained``, reloads the folder and reports
 caption exact match on the scenes test split and easy-VQA test accuracy. Seeded: the same command on
 the same machine and thread count gives the same weights.
@@ -15,10 +16,11 @@ the same machine and thread count gives the same weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mmcam.data.scenes import COLORS, SHAPES, iter_split
+from mmcam.data.scenes import COLORS, SHAPES, Scene, iter_split
 from mmcam.models.easy_vqa_data import load_split_questions
 from mmcam.models.shapes_llava import (
     CAPTION_INSTRUCTION,
@@ -79,6 +81,7 @@ class Examples:
     image_rows: np.ndarray
     questions: list[str | None]
     answers: list[str]
+    patch_labels: np.ndarray | None = None  # (I, 2, G*G): colour and shape index of each patch, -1 background
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -90,15 +93,37 @@ class Examples:
     def image_list(self, rows: Sequence[int]) -> list[np.ndarray]:
         return [self.images[self.image_rows[row]] for row in rows]
 
+    def patch_label_batch(self, rows: Sequence[int]) -> torch.Tensor:
+        """``(B, 2, G*G)`` long: colour and shape labels of each row's patches (raster order)."""
+        assert self.patch_labels is not None
+        return torch.from_numpy(self.patch_labels[self.image_rows[list(rows)]]).long()
+
 
 def scene_examples(split: str, n: int) -> Examples:
-    """The first ``n`` scenes of ``split`` as caption examples."""
+    """The first ``n`` scenes of ``split`` as caption examples, with the patch labels of each scene."""
     images = np.empty((n, 128, 128, 3), dtype=np.uint8)
+    labels = np.empty((n, 2, (IMAGE_SIZE // PATCH_SIZE) ** 2), dtype=np.int8)
     captions: list[str] = []
     for index, scene in enumerate(iter_split(split, n)):
         images[index] = scene.image
+        labels[index] = _patch_labels(scene)
         captions.append(scene.caption)
-    return Examples(images, np.arange(n), [None] * n, captions)
+    return Examples(images, np.arange(n), [None] * n, captions, labels)
+
+
+def _patch_labels(scene: Scene) -> np.ndarray:
+    """``(2, G*G)``: colour and shape index of the object covering most of each 16x16 patch, if it
+    covers at least a quarter of it; -1 (background) otherwise."""
+    grid = IMAGE_SIZE // PATCH_SIZE
+    labels = np.full((2, grid * grid), -1, dtype=np.int8)
+    best = np.full(grid * grid, PATCH_SIZE * PATCH_SIZE // 4 - 1, dtype=np.int64)
+    colors, shapes = list(COLORS), list(SHAPES)
+    for obj in scene.objects:
+        covered = obj.mask.reshape(grid, PATCH_SIZE, grid, PATCH_SIZE).sum(axis=(1, 3)).reshape(-1)
+        wins = covered > best
+        best[wins] = covered[wins]
+        labels[0, wins], labels[1, wins] = colors.index(obj.color), shapes.index(obj.shape)
+    return labels
 
 
 def easy_vqa_examples(split: str, image_ids: set[int] | None = None) -> Examples:
@@ -171,10 +196,32 @@ def build_model(tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace) ->
                          image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2, vision_feature_layer=-1,
                          vision_feature_select_strategy="default")
     model = LlavaForConditionalGeneration(config)
+    if args.position_init == "sincos":
+        _init_sincos_positions(model)
     for settings in (model.config, model.generation_config):
         settings.bos_token_id, settings.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         settings.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _init_sincos_positions(model: LlavaForConditionalGeneration) -> None:
+    """Start the ViT's learned position embeddings ``(1 + G*G, C)`` at 2-D sine-cosine codes (CLS at 0).
+
+    Channels ``[0, C/2)`` code the patch column and ``[C/2, C)`` its row, each as sines then cosines
+    at geometric frequencies; they stay trainable. Left-to-right order is then readable from step 0.
+    """
+    table = model.model.vision_tower.embeddings.position_embedding.weight
+    grid, channels = IMAGE_SIZE // PATCH_SIZE, table.shape[1]
+    frequencies = 1.0 / 100.0 ** (torch.arange(channels // 4, dtype=torch.float32) / (channels // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def code(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.flatten().float()[:, None] * frequencies[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    with torch.no_grad():
+        table.zero_()
+        table[1:] = torch.cat([code(cols), code(rows)], dim=1)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -255,7 +302,9 @@ def train(model: LlavaForConditionalGeneration, processor: LlavaProcessor, capti
           vqa_data: Examples, val: tuple[Examples, Examples], args: argparse.Namespace) -> Scores:
     """AdamW on answer-token cross-entropy over mixed batches; leaves the best-on-val weights in ``model``."""
     make_batch = BatchMaker(processor)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    patch_heads = PatchHeads(model.config.vision_config.hidden_size)
+    optimizer = torch.optim.AdamW([*model.parameters(), *patch_heads.parameters()], lr=args.lr,
+                                  weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
     n_captions = round(args.batch_size * args.caption_fraction)
     orders = {"caption": (caption_data, rng.permutation(len(caption_data)), 0),
@@ -264,15 +313,20 @@ def train(model: LlavaForConditionalGeneration, processor: LlavaProcessor, capti
     started, running_loss = time.perf_counter(), 0.0
     model.train()
     for step in range(args.steps):
-        batches = []
+        batches, caption_rows = [], []
         for name, count in (("caption", n_captions), ("vqa", args.batch_size - n_captions)):
             data, order, cursor = orders[name]
             if cursor + count > len(order):
                 order, cursor = rng.permutation(len(data)), 0
             orders[name] = (data, order, cursor + count)
-            batches.append(make_batch(data, order[cursor : cursor + count].tolist()))
-        loss = sum(_answer_loss(model, batch) for batch in batches) / sum(
-            int((batch["labels"] != -100).sum()) for batch in batches)
+            rows = order[cursor : cursor + count].tolist()
+            batches.append(make_batch(data, rows))
+            caption_rows = caption_rows or rows
+        with _captured_patch_tokens(model) as patch_tokens:
+            caption_loss = _answer_loss(model, batches[0])
+        patch_loss = patch_heads.loss(patch_tokens[0], caption_data.patch_label_batch(caption_rows))
+        loss = (caption_loss + _answer_loss(model, batches[1])) / sum(
+            int((batch["labels"] != -100).sum()) for batch in batches) + args.patch_loss_weight * patch_loss
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
@@ -292,6 +346,38 @@ def train(model: LlavaForConditionalGeneration, processor: LlavaProcessor, capti
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+class PatchHeads(torch.nn.Module):
+    """Training-only linear heads that read each scene patch token's colour and shape (dense supervision
+    from the scene masks; discarded after training, the shipped model is plain LLaVA)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.color = torch.nn.Linear(width, len(COLORS) + 1)
+        self.shape = torch.nn.Linear(width, len(SHAPES) + 1)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over ``tokens`` ``(B, 1 + G*G, C)`` (CLS skipped) and ``labels`` ``(B, 2, G*G)``."""
+        patches = tokens[:, 1:]
+        targets = labels + 1  # class 0 = background
+        return (torch.nn.functional.cross_entropy(self.color(patches).flatten(0, 1), targets[:, 0].flatten())
+                + torch.nn.functional.cross_entropy(self.shape(patches).flatten(0, 1), targets[:, 1].flatten()))
+
+
+@contextlib.contextmanager
+def _captured_patch_tokens(model: LlavaForConditionalGeneration) -> Iterator[list[torch.Tensor]]:
+    """Collects the output ``(B, 1 + G*G, C)`` of the last vision layer (the one the projector reads)."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, inputs: tuple, output: torch.Tensor | tuple) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = model.model.vision_tower.encoder.layers[-1].register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def _answer_loss(model: LlavaForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -319,12 +405,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--evaluate", type=Path, default=None, metavar="FOLDER",
                         help="only evaluate the checkpoint in FOLDER on the test splits")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per step (captions + questions)")
+    parser.add_argument("--steps", type=int, default=1600, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (captions + questions)")
     parser.add_argument("--caption-fraction", type=float, default=0.5, help="share of captions in each batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1,
@@ -337,9 +423,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-vqa-test", type=int, default=None, help="easy-VQA test questions (default: all)")
     parser.add_argument("--vision-hidden", type=int, default=128)
     parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--text-hidden", type=int, default=256)
+    parser.add_argument("--text-hidden", type=int, default=128)
     parser.add_argument("--text-intermediate", type=int, default=512)
     parser.add_argument("--text-layers", type=int, default=4)
+    parser.add_argument("--patch-loss-weight", type=float, default=0.5,
+                        help="weight of the training-only per-patch colour/shape loss on the scenes")
+    parser.add_argument("--position-init", choices=("learned", "sincos"), default="sincos",
+                        help="start of the ViT position embeddings: transformers' random init or 2-D sine-cosine")
     return parser.parse_args(argv)
 
 
