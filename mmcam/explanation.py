@@ -39,8 +39,8 @@ class Explanation:
 
     ``grid_maps``: (T, h, w) the method's maps at the layer's grid (unscaled, >= 0);
     ``counterfactual_maps``: (T, h, w) or None; ``contrast_maps``: (K, h, w) or None, named by
-    ``contrast_labels``; ``guided_gradients``: (T + K, C, H_in, W_in) Guided Backprop at the
-    model's input for the targets and then the contrasts, or None; ``attention_maps``: (T, h', w') the model's own attention, or None.
+    ``contrast_labels`` (the base method's maps of a score difference, never Guided);
+    ``guided_gradients``: (T, C, H_in, W_in) Guided Backprop at the model's input, or None; ``attention_maps``: (T, h', w') the model's own attention, or None.
     ``labels[t]`` names target t, ``indices[t]`` is its class index, word position or answer
     index, ``scores[t]`` its y^c. ``info`` holds what is specific to the task (predictions,
     caption, question word attributions, ...). ``guided_activations`` counts, per activation
@@ -72,9 +72,8 @@ class Explanation:
         count = len(self.labels)
         if self.grid_maps.ndim != 3 or self.grid_maps.shape[0] != count:
             raise ValueError(f"grid maps {self.grid_maps.shape} do not match {count} targets (T, h, w)")
-        contrasts = 0 if self.contrast_maps is None else len(self.contrast_maps)
-        if self.guided_gradients is not None and len(self.guided_gradients) != count + contrasts:
-            raise ValueError(f"{len(self.guided_gradients)} rows of guided gradients for {count} targets and {contrasts} contrasts")
+        if self.guided_gradients is not None and len(self.guided_gradients) != count:
+            raise ValueError(f"{len(self.guided_gradients)} rows of guided gradients for {count} targets")
         if self._guided_method and self.guided_gradients is None:
             raise ValueError(f"method {self.method} needs Guided Backprop gradients")
 
@@ -113,11 +112,11 @@ class Explanation:
         return _numpy(at_size(torch.from_numpy(self.counterfactual_maps[target]), size or self.image.size))
 
     def contrast_heatmap(self, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Contrastive map ``index`` (named ``contrast_labels[index]``)."""
+        """Contrastive map ``index`` (named ``contrast_labels[index]``): the base method's map
+        (``hirescam`` for ``guided_hirescam``) of the score difference."""
         if self.contrast_maps is None:
             raise ValueError("no contrastive maps were computed")
-        grid = torch.from_numpy(self.contrast_maps[index])
-        return _numpy(at_size(grid, size or self.image.size, self._magnitude(len(self) + index)))
+        return _numpy(at_size(torch.from_numpy(self.contrast_maps[index]), size or self.image.size))
 
     def attention_heatmap(self, target: int, size: tuple[int, int] | None = None) -> np.ndarray | None:
         """The model's own attention for ``target``, or None when the model has none."""

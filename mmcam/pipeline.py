@@ -70,13 +70,21 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def run_pass(
-    model_pass: ModelPass, inputs: Inputs, targets: Sequence[Target], *, method: str, guided: bool
+    model_pass: ModelPass,
+    inputs: Inputs,
+    targets: Sequence[Target],
+    *,
+    method: str,
+    guided: bool,
+    explained: int | None = None,
 ) -> tuple[GradCAM, GradientRecord]:
     """ONE forward pass and the batched backward passes of all ``targets``; the Guided Backprop
-    gradients too when ``guided`` or when ``method`` is a ``guided_`` variant. A record made on
-    a GPU comes back on the CPU (explanations hold NumPy arrays)."""
+    gradients too when ``guided`` or when ``method`` is a ``guided_`` variant, for the first
+    ``explained`` targets only (default: all): contrastive targets after them get the base
+    method's maps, and the costly guided pass is not paid for them. A record made on a GPU
+    comes back on the CPU (explanations hold NumPy arrays)."""
     cam = model_pass.engine(method)
-    record = cam.gradients(inputs, targets, guided=guided or split_method(method)[1])
+    record = cam.gradients(inputs, targets, guided=guided or split_method(method)[1], guided_targets=explained)
     return cam, record if record.scores.device.type == "cpu" else map_tensors(record, Tensor.cpu)
 
 
@@ -115,7 +123,7 @@ def explanations(
                 indices=list(item.indices),
                 scores=record.scores[n, :count].numpy(),
                 grid_maps=grid[n, :count],
-                guided_gradients=None if guided is None else guided[n, : count + contrasts],
+                guided_gradients=None if guided is None else guided[n, :count],
                 counterfactual_maps=None if counter is None else counter[n, :count],
                 contrast_maps=grid[n, count : count + contrasts] if contrasts else None,
                 contrast_labels=list(item.contrast_labels),

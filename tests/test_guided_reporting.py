@@ -64,3 +64,15 @@ def test_a_timm_vit_through_mmcam_classify_gives_maps_and_exit_0(tmp_path) -> No
     assert record["layer"] == "blocks.10"  # class-token pooled: the block before the last
     heatmap = np.load(record["explanations"][0]["heatmap"])
     assert heatmap.shape == (300, 451) and heatmap.max() == pytest.approx(1.0)
+
+
+def test_contrast_maps_are_the_base_methods_and_skip_the_guided_pass() -> None:
+    from mmcam.data.scenes import make_split
+
+    captioner = mmcam.load("shapes-captioner")
+    image = make_split("test", 1)[0].image
+    guided = captioner.explain(image, "a red circle", method="guided_hirescam")
+    plain = captioner.explain(image, "a red circle", method="hirescam", guided=False)
+    assert guided.guided_gradients.shape[0] == 3  # the three words, not their three contrasts
+    np.testing.assert_allclose(guided.contrasts, plain.contrasts, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(guided.heatmaps, plain.heatmaps, atol=1e-3)  # the words' maps are Guided

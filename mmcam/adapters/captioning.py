@@ -176,7 +176,10 @@ class CaptionAdapter(ScorerAdapter):
         for n, item in enumerate(tokens):
             ids[n, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
         device = model_device(self.scorer.model)
-        cam, record = run_pass(self._model_pass(), (pixels.to(device), ids.to(device)), targets, method=method, guided=guided)
+        explained = max(count for _, count in plans)  # the contrasts after them get no Guided Backprop
+        cam, record = run_pass(
+            self._model_pass(), (pixels.to(device), ids.to(device)), targets, method=method, guided=guided, explained=explained
+        )
         for n, (item, caption) in enumerate(zip(tokens, given, strict=True)):
             if caption is None and beam_size == 1:
                 check_greedy_rows(record.output, item.ids, item=n)

@@ -171,7 +171,9 @@ class VQAAdapter(ScorerAdapter):
         batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
         question_ids = self.scorer.collate(tokens)
         device = model_device(self.scorer.model)
-        cam, record = run_pass(model_pass, (batch.to(device), question_ids.to(device)), targets, method=method, guided=guided)
+        cam, record = run_pass(
+            model_pass, (batch.to(device), question_ids.to(device)), targets, method=method, guided=guided, explained=count
+        )
         return VQARun(cam, record, loaded, tokens, choices.wanted, count, batch, question_ids, method, choices.answers)
 
     def explain_batch(

@@ -35,7 +35,8 @@ class GradientRecord:
     activations: (N, C, h, w) hooked layer output (after the reshape transform);
     gradients: (N, T, C, h, w), d score_t / d activations for each target t;
     scores: (N, T) target scalars y^c; output: the model's output;
-    input_gradients: (N, T, C_in, H, W) Guided Backprop gradients w.r.t. the image, or None;
+    input_gradients: (N, T', C_in, H, W) Guided Backprop gradients w.r.t. the image for the first
+    T' <= T targets (``guided_targets``), or None;
     input_size: (H, W) of the image tensor the model saw;
     extra_activations / extra_gradients: outputs (N, ...) of the ``extra_layers`` and their
     gradients (N, T, ...), by layer name (e.g. word embeddings for gradient x input);
@@ -166,12 +167,13 @@ class GradCAM:
         return maps
 
     def gradients(
-        self, inputs: Inputs, targets: Sequence[Target], *, guided: bool = False
+        self, inputs: Inputs, targets: Sequence[Target], *, guided: bool = False, guided_targets: int | None = None
     ) -> GradientRecord:
         """One forward pass and the batched backward passes of all ``targets``.
 
         With ``guided=True`` the forward runs under :func:`guided_backprop` and the record also
-        holds Guided Backprop's gradients with respect to the image tensor. Raises when no
+        holds Guided Backprop's gradients with respect to the image tensor, for the first
+        ``guided_targets`` targets (default: all; Guided Backprop is the costly pass). Raises when no
         gradient can reach the layer (or, guided, the image), naming the cause; warns when a
         target's gradient at the layer is zero everywhere (an all-zero map).
         """
@@ -232,13 +234,14 @@ class GradCAM:
                         "forward pass to apply its rule to; use a method without guided_"
                     )
                 switch.guided = True
+                columns = len(targets) if guided_targets is None else min(guided_targets, len(targets))
                 if gates_at_capture == [sum(guided_activations.values())] and raw_activation.grad_fn is not None:
                     # no gate runs after the layer: the guided and plain gradients there are the
                     # same, so only the layers before it are traversed again (exact, cheaper)
-                    cotangents = activation_gradients.transpose(0, 1)
+                    cotangents = activation_gradients[:, :columns].transpose(0, 1)
                     (input_gradients,) = propagate(raw_activation, [image], cotangents, chunk_size=self.chunk_size)
                 else:
-                    (input_gradients,) = target_gradients(scores, [image], chunk_size=self.chunk_size)
+                    (input_gradients,) = target_gradients(scores[:, :columns], [image], chunk_size=self.chunk_size)
                 if input_gradients is None:
                     raise RuntimeError(
                         "Guided Backprop needs the gradient at the image, but the forward pass cuts the "
