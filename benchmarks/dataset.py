@@ -11,7 +11,9 @@ Sections:
   cluster of 2 CPUs started before the clock runs (actor start-up and model loading inside).
 - ``torchrun``: the CLI alone and under ``torchrun --nproc-per-node 2`` (gloo), whole command
   wall time (process start, model loading and the manifest included).
-Items/s is items over median wall seconds of ``--repeats`` runs.
+Items/s is items over median wall seconds of ``--repeats`` runs (after a warm-up run). Ray and
+torchrun run N and 2N items: ``items_per_s_after_start`` = N / (t(2N) - t(N)), the rate once
+processes have started and loaded the model.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 import mmcam  # noqa: E402
 from mmcam.data.scenes import make_split  # noqa: E402
-from mmcam.datasets.items import decode, read_items  # noqa: E402
+from mmcam.datasets.items import by_length, decode, read_items  # noqa: E402
 from mmcam.datasets.rows import explain_rows  # noqa: E402
 from mmcam.datasets.task import DatasetTask  # noqa: E402
 
@@ -43,6 +45,7 @@ QUESTIONS = ("what color is the shape?", "what shape is in the image?", "is ther
 
 def write_items(folder: Path, count: int) -> dict[str, Path]:
     """Scenes as PNGs and three items files: captions given, captions generated, questions."""
+    folder.mkdir(parents=True, exist_ok=True)
     files = {"caption": folder / "captions.jsonl", "generated": folder / "generated.jsonl", "vqa": folder / "questions.jsonl"}
     lines: dict[str, list[str]] = {name: [] for name in files}
     for n, scene in enumerate(make_split("test", count)):
@@ -69,10 +72,12 @@ def median(function, repeats: int) -> float:
 def batch_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     results = {}
-    for name, kind in (("caption", "caption"), ("generated", "caption"), ("vqa", "vqa")):
+    for name, kind, order in (
+        ("caption", "caption", by_length), ("caption", "caption", list), ("generated", "caption", by_length), ("vqa", "vqa", by_length)
+    ):
         task = DatasetTask(kind)
         adapter = task.load_adapter()
-        decoded = [decode(item) for item in read_items(files[name], task)]
+        decoded = [decode(item) for item in order(read_items(files[name], task))]  # by_length: as the engines order them
         entry = {}
         for size in (1, 16):
             def run(size=size):
@@ -81,11 +86,24 @@ def batch_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
             seconds = median(run, args.repeats)
             entry[f"batch_{size}_items_per_s"] = round(len(decoded) / seconds, 2)
         entry["speedup_16_over_1"] = round(entry["batch_16_items_per_s"] / entry["batch_1_items_per_s"], 2)
-        results[name] = entry
+        results[name if order is by_length else f"{name}_file_order"] = entry
     return results
 
 
-def ray_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
+def marginal(run, files: dict[int, dict[str, Path]], name: str, repeats: int) -> dict:
+    """Items/s of whole runs over N and 2N items, and N / (t(2N) - t(N)): the rate once
+    processes have started and loaded the model."""
+    (small, large) = sorted(files)
+    seconds = {count: median(lambda count=count: run(files[count][name]), repeats) for count in (small, large)}
+    return {
+        f"items_per_s_{large}": round(large / seconds[large], 2),
+        "items_per_s_after_start": round((large - small) / max(seconds[large] - seconds[small], 1e-9), 2),
+        f"seconds_{small}": round(seconds[small], 2),
+        f"seconds_{large}": round(seconds[large], 2),
+    }
+
+
+def ray_section(files: dict[int, dict[str, Path]], args: argparse.Namespace) -> dict:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -94,19 +112,20 @@ def ray_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
         for name, kind in (("caption", "caption"), ("vqa", "vqa")):
             entry = {}
             for workers in (1, 2):
-                def run(workers=workers):
+                def run(items, workers=workers, kind=kind):
                     with tempfile.TemporaryDirectory() as out:
-                        mmcam.explain_dataset(files[name], Path(out) / "run", task=kind, engine="ray", workers=workers, batch_size=16, threads_per_worker=1, progress=False)
-                seconds = median(run, args.repeats)
-                entry[f"workers_{workers}_items_per_s"] = round(args.items / seconds, 2)
-            entry["speedup_2_over_1"] = round(entry["workers_2_items_per_s"] / entry["workers_1_items_per_s"], 2)
+                        mmcam.explain_dataset(items, Path(out) / "run", task=kind, engine="ray", workers=workers, batch_size=16, threads_per_worker=1, progress=False)
+                entry[f"workers_{workers}"] = marginal(run, files, name, args.repeats)
+            entry["speedup_2_over_1_after_start"] = round(
+                entry["workers_2"]["items_per_s_after_start"] / entry["workers_1"]["items_per_s_after_start"], 2
+            )
             results[name] = entry
     finally:
         ray.shutdown()
     return results
 
 
-def torchrun_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
+def torchrun_section(files: dict[int, dict[str, Path]], args: argparse.Namespace) -> dict:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     results = {}
     for name, kind in (("caption", "caption"), ("vqa", "vqa")):
@@ -114,13 +133,14 @@ def torchrun_section(files: dict[str, Path], args: argparse.Namespace) -> dict:
         for processes in (1, 2):
             launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", "29612", "-m", "mmcam"] if processes > 1 else ["-m", "mmcam"]
 
-            def run(launcher=launcher):
+            def run(items, launcher=launcher, kind=kind):
                 with tempfile.TemporaryDirectory() as out:
-                    command = [sys.executable, *launcher, kind, "--batch", str(files[name]), "--out", f"{out}/run", "--format", "parquet", "--batch-size", "16", "--workers", "0", "--quiet"]
+                    command = [sys.executable, *launcher, kind, "--batch", str(items), "--out", f"{out}/run", "--format", "parquet", "--batch-size", "16", "--workers", "0", "--quiet"]
                     subprocess.run(command, check=True, env=environment, capture_output=True)
-            seconds = median(run, args.repeats)
-            entry[f"processes_{processes}_items_per_s"] = round(args.items / seconds, 2)
-        entry["speedup_2_over_1"] = round(entry["processes_2_items_per_s"] / entry["processes_1_items_per_s"], 2)
+            entry[f"processes_{processes}"] = marginal(run, files, name, args.repeats)
+        entry["speedup_2_over_1_after_start"] = round(
+            entry["processes_2"]["items_per_s_after_start"] / entry["processes_1"]["items_per_s_after_start"], 2
+        )
         results[name] = entry
     return results
 
@@ -137,10 +157,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        files = write_items(Path(folder), args.items)
-        report = {"items": args.items, "repeats": args.repeats, "cpus": os.cpu_count()}
+        files = {count: write_items(Path(folder) / str(count), count) for count in (args.items, 2 * args.items)}
+        report = {"items": args.items, "repeats": args.repeats, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
         for name in args.only or SECTIONS:
-            report[name] = SECTIONS[name](files, args)
+            report[name] = SECTIONS[name](files[args.items] if name == "batch" else files, args)
             print(f"{name}: {json.dumps(report[name])}", file=sys.stderr)
     print(json.dumps(report, indent=1) if args.json else report)
 

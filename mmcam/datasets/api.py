@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .engines import rank_and_world, run_local, run_ray
-from .items import read_items
+from .items import by_length, read_items
 from .output import ParquetOutput
 from .task import DatasetTask
 
@@ -65,7 +65,7 @@ def explain_dataset(
         output.prepare(str(items))
     _barrier(group)
     done = output.committed()
-    pending = [line for line in lines if line.item not in done][rank::world]
+    pending = by_length([line for line in lines if line.item not in done][rank::world])
     if engine == "ray":
         run_ray(
             spec, output, pending, batch_size=batch_size, workers=workers or 2, gpus_per_worker=gpus_per_worker,

@@ -92,6 +92,8 @@ def run_ray(
         raise InputError("--engine ray needs Ray Data: pip install 'mmcam[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts items; Ray's would log every few seconds
     # one JSON string per item (Ray's columns would turn None into NaN); image paths made
     # absolute, for actors that run in other folders
     records = [
@@ -105,7 +107,7 @@ def run_ray(
         fn_constructor_kwargs={"task": task, "output": output, "threads": threads_per_worker},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=threads_per_worker,
         num_gpus=gpus_per_worker or None,
     )

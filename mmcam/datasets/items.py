@@ -72,3 +72,10 @@ class DecodingDataset(Dataset):
 def as_list(batch: list[DecodedItem]) -> list[DecodedItem]:
     """The DataLoader's collate: the items as they are (images differ in size)."""
     return batch
+
+
+def by_length(items: list[DatasetItem]) -> list[DatasetItem]:
+    """``items`` ordered by their text's word count (stable; captions to generate first), so
+    a minibatch pads its captions little: a padded caption's backward pass costs as much as
+    the longest one's. Rows carry their ``item``, so the order of the work is free."""
+    return sorted(items, key=lambda item: len(item.text.split()) if item.text else 0)
