@@ -65,6 +65,7 @@ def explain_dataset(
         output.prepare(str(items))
     _barrier(group)
     done = output.committed()
+    _barrier(group)  # every rank shards the same pending items before any commits a part
     pending = by_length([line for line in lines if line.item not in done][rank::world])
     if engine == "ray":
         run_ray(
