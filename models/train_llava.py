@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import easy_vqa
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+from tokenizers.models import BPE
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -50,6 +50,7 @@ from mmcam.models.shapes_llava import (
     load_shapes_llava,
     vqa_prompt,
 )
+from models.train_captioner import learning_rate
 
 IMAGE_SIZE, PATCH_SIZE = 128, 16  # 8x8 patch tokens reach the language model
 PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
@@ -156,7 +157,7 @@ def _tokenizer_corpus() -> list[str]:
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE (any text encodes; every word of the training texts is one token), BOS added."""
-    bpe = Tokenizer(models.BPE())
+    bpe = Tokenizer(BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=2000, min_frequency=1, special_tokens=[PAD, BOS, EOS, IMAGE],
@@ -255,14 +256,6 @@ class BatchMaker:
             labels[index, : self.prompt_length(prompt)] = -100
         inputs["labels"] = labels
         return dict(inputs)
-
-
-def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to zero at ``total_steps``."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
