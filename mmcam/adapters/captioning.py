@@ -68,7 +68,8 @@ class CaptionScorer(Protocol):
         model cannot read."""
 
     def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
-        """The model's caption of one image (1, C, h, w)."""
+        """The model's caption of one image (1, C, h, w). An optional ``generate_batch(images,
+        beam_size)`` captions N images (N, C, h, w) at once for :meth:`CaptionAdapter.run_batch`."""
 
     def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
         """Teacher-forced scores of captions ``ids`` (N, L): logits (N, L, V), exactly one row
@@ -109,6 +110,23 @@ class CaptionAdapter(ScorerAdapter):
         if not caption.strip():
             raise InputError("the caption is empty; give some words, or leave it out to generate one")
         return self.scorer.tokenize(caption)
+
+    def _batch_tokens(
+        self, loaded: Sequence[LoadedImage], pixels: Tensor, captions: Sequence[str | None], beam_size: int
+    ) -> list[CaptionTokens]:
+        """Each image's caption: tokenized, or generated where None (in one batch when the
+        scorer has ``generate_batch(images, beam_size)``, else one image at a time)."""
+        missing = [n for n, caption in enumerate(captions) if caption is None]
+        generated: dict[int, CaptionTokens] = {}
+        generate_batch = getattr(self.scorer, "generate_batch", None)
+        if len(missing) > 1 and generate_batch is not None:
+            with model_lock(self.scorer.model):  # threads sharing the model take turns
+                captions_made = generate_batch(pixels[missing].to(model_device(self.scorer.model)), beam_size)
+            generated = dict(zip(missing, captions_made, strict=True))
+        return [
+            generated[n] if n in generated else self.caption_tokens(image, caption, beam_size)
+            for n, (image, caption) in enumerate(zip(loaded, captions, strict=True))
+        ]
 
     def run(
         self,
@@ -165,7 +183,7 @@ class CaptionAdapter(ScorerAdapter):
             raise InputError("no images to explain")
         loaded = [load_image(image) for image in images]
         pixels = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
-        tokens = [self.caption_tokens(item, caption, beam_size) for item, caption in zip(loaded, given, strict=True)]
+        tokens = self._batch_tokens(loaded, pixels, given, beam_size)
         if any(not item.words for item in tokens):
             raise InputError("the caption has no words to explain")
         chosen = [_select_words(item, words) for item in tokens]

@@ -50,8 +50,14 @@ class ShapesCaptionerScorer:
         return CaptionTokens.one_token_per_word(words, self.model.encode_words(words))
 
     def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
-        ids, _ = self.model.generate(images, beam_size=beam_size)[0]
-        return CaptionTokens.one_token_per_word(self.model.decode_ids(ids), ids)
+        return self.generate_batch(images, beam_size)[0]
+
+    def generate_batch(self, images: Tensor, beam_size: int) -> list[CaptionTokens]:
+        """Captions of images (N, C, h, w); greedy decoding runs batched."""
+        return [
+            CaptionTokens.one_token_per_word(self.model.decode_ids(ids), ids)
+            for ids, _ in self.model.generate(images, beam_size=beam_size)
+        ]
 
     def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
         start = torch.full((ids.shape[0], 1), self.model.start_id, dtype=torch.long, device=ids.device)

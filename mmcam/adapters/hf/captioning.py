@@ -70,11 +70,16 @@ class TransformersCaptioner:
         return CaptionTokens(tuple(ids), pieces.words, pieces.spans)
 
     def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
+        return self.generate_batch(images, beam_size)[0]
+
+    def generate_batch(self, images: Tensor, beam_size: int) -> list[CaptionTokens]:
+        """Captions of images (N, C, h, w) from one ``generate`` call (no text input, so no
+        padding reaches the model; a finished caption's later tokens are cut at its end)."""
         with torch.no_grad(), eval_mode(self.model):
             sequences = self.model.generate(
                 pixel_values=images, num_beams=beam_size, do_sample=False, max_new_tokens=self.max_new_tokens
             )
-        return self.caption_of(sequences[0].tolist())
+        return [self.caption_of(sequence.tolist()) for sequence in sequences]
 
     def caption_of(self, sequence: Sequence[int]) -> CaptionTokens:
         """The caption in a generated ``sequence``: after the prefix, before the first end token."""
