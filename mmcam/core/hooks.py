@@ -70,7 +70,9 @@ def capture_output(module: nn.Module, *, on_capture: Callable[[], None] | None =
             return [passthrough, *output[1:]]
         return passthrough
 
-    handle = module.register_forward_hook(hook)
+    # before hooks that record outputs (transformers 5 records hidden states with forward hooks,
+    # and LLaVA reads its vision_feature_layer from them): they must record the passthrough
+    handle = module.register_forward_hook(hook, prepend=_records_outputs(module))
     try:
         yield captured
     finally:
@@ -93,3 +95,8 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         finally:
             for module, training in flags.items():
                 module.training = training
+
+
+def _records_outputs(module: nn.Module) -> bool:
+    """Whether transformers has hooked ``module`` to record its outputs (hidden states)."""
+    return any(getattr(hook, "__module__", "").startswith("transformers.") for hook in module._forward_hooks.values())

@@ -9,6 +9,7 @@ layer, the tokens that precede the text and how the logits line up with the word
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,9 @@ class Family:
     last block of the list named, for ``.-1``) and the function that builds its adapter."""
 
     task: str
-    default_layer: str
+    default_layer: str | Callable[[nn.Module], str]
     build: Callable[..., Any]
+    vqa: Callable[..., Any] | None = None  # a VLM's VQA adapter, asked for with ?task=vqa
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,20 @@ class Loaded:
     model: nn.Module
     tokenizer: Any
     image: ImageSettings
+    folder: Path | None = None
 
 
 def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQAAdapter:
     """The adapter for the transformers checkpoint ``id_or_path`` (a local folder or a model id
-    already in the local Hugging Face cache), hooking ``layer`` or the family's default."""
+    already in the local Hugging Face cache), hooking ``layer`` or the family's default.
+    ``FOLDER?task=caption|vqa`` picks the task of a model that does both (a VLM: captioning by
+    default); for any other model it must name the model's own task. A VLM captioner also takes
+    ``instruction=TEXT`` (URL-encoded), the user turn's text before the caption."""
+    id_or_path, _, query = id_or_path.partition("?")
+    options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    task = options.pop("task", None)
+    if task not in (None, "caption", "vqa") or set(options) - {"instruction"}:
+        raise InputError(f"hf:{id_or_path}?{query}: the options are task=caption|vqa and, for a VLM captioner, instruction=TEXT")
     folder = resolve_folder(id_or_path)
     import transformers
 
@@ -70,10 +81,17 @@ def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQ
         image_processor = _load_part(transformers.AutoImageProcessor, folder, "image processor", IMAGE_PROCESSOR_FILES)
     vision = getattr(config, "vision_config", None) or getattr(config, "encoder", None) or config
     image = ImageSettings.from_processor(image_processor, getattr(vision, "image_size", None))
-    loaded = Loaded(f"hf:{id_or_path}", model, tokenizer, image)
-    chosen = layer or _default_layer(model, family.default_layer)
+    loaded = Loaded(f"hf:{id_or_path}", model, tokenizer, image, folder)
+    default = family.default_layer
+    chosen = layer or (default(model) if callable(default) else _default_layer(model, default))
     resolve_layer(model, chosen)  # an unknown layer fails here, with candidates
-    return family.build(loaded, chosen)
+    if options and (family.vqa is None or task == "vqa"):
+        raise InputError(f"hf:{id_or_path}: instruction= is an option of a VLM captioner only")
+    if task == "vqa" and family.vqa is not None:
+        return family.vqa(loaded, chosen)
+    if task not in (None, family.task):
+        raise InputError(f"hf:{id_or_path} is a {family.task} model ({architecture}); use 'mmcam {family.task}'")
+    return family.build(loaded, chosen, **options)
 
 
 def resolve_folder(id_or_path: str) -> Path:
@@ -260,6 +278,50 @@ def _blip_answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     return GenerativeVQAAdapter(scorer)
 
 
+def _llava_prompt(loaded: Loaded) -> Any:
+    import transformers
+
+    from .llava import LlavaPrompt
+
+    with _quiet_loading():
+        processor = _load_part(transformers.AutoProcessor, loaded.folder, "processor", IMAGE_PROCESSOR_FILES)
+    return LlavaPrompt(processor, loaded.image, loaded.name)
+
+
+def _llava_captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
+    """LLaVA: the caption follows the chat-template prompt (``instruction`` and the image)."""
+    from .llava import DEFAULT_INSTRUCTION, LlavaCaptioner, patch_tokens
+
+    prompt = _llava_prompt(loaded)
+    config, generation = loaded.model.config, loaded.model.generation_config
+    scorer = LlavaCaptioner(
+        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, patch_tokens(prompt, loaded.model),
+        prefix=prompt.ids(instruction or DEFAULT_INSTRUCTION),
+        end_ids=_end_ids(generation.eos_token_id, config.text_config.eos_token_id),
+    )
+    return CaptionAdapter(scorer)
+
+
+def _llava_answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
+    """LLaVA VQA: the question in the chat-template prompt; y^c = log p(answer + end | prompt)."""
+    from .llava import LlavaAnswerScorer, patch_tokens
+
+    prompt = _llava_prompt(loaded)
+    config, generation = loaded.model.config, loaded.model.generation_config
+    scorer = LlavaAnswerScorer(
+        loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer,
+        embedding_layer=None, reshape=patch_tokens(prompt, loaded.model), prompt=prompt,
+        end_id=_first_id("eos_token_id", *_end_ids(generation.eos_token_id, config.text_config.eos_token_id)[:1]),
+    )
+    return GenerativeVQAAdapter(scorer)
+
+
+def _llava_layer(model: nn.Module) -> str:
+    from .llava import tower_layer
+
+    return tower_layer(model)
+
+
 _CNN_OR_VIT = "encoder.encoder.stages.-1|encoder.layers.-1|encoder.encoder.layers.-1|encoder.encoder.layer.-1"
 
 FAMILIES: dict[str, Family] = {
@@ -269,4 +331,5 @@ FAMILIES: dict[str, Family] = {
     "VisionEncoderDecoderModel": Family("caption", _CNN_OR_VIT, _encoder_decoder_captioner),
     "BlipForQuestionAnswering": Family("vqa", "vision_model.encoder.layers.-1", _blip_answers),
     "ViltForQuestionAnswering": Family("vqa", "vilt.embeddings.patch_embeddings.projection", _vilt_answers),
+    "LlavaForConditionalGeneration": Family("caption", _llava_layer, _llava_captioner, vqa=_llava_answers),
 }
