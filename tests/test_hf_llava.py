@@ -186,3 +186,28 @@ def test_the_instruction_is_an_option(processor) -> None:
     expected = processor(images=Image.open(llava_image("square")), text=rendered)["input_ids"][0]
     assert captioner.scorer.prefix == tuple(expected)
     assert captioner.explain(llava_image("square"), "a red circle", guided=False).grid_maps.shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("shape", ["wide", "tall"])
+def test_a_score_that_reads_one_patch_lights_up_that_place(captioner, shape: str) -> None:
+    """The projector's output is zeroed for every image token but patch (1, 2) of the 4x4 grid:
+    the words' scores then depend on the tower layer's output at that patch only, so HiResCAM
+    (gradient x activation per cell) is 0 elsewhere, and the full-size map peaks inside that
+    patch's place in the original image."""
+    model = captioner.scorer.model
+    keep = torch.zeros(16, 1)
+    keep[1 * 4 + 2] = 1.0
+    handle = model.model.multi_modal_projector.register_forward_hook(lambda module, args, output: output * keep)
+    try:
+        explanation = captioner.explain(llava_image(shape), CAPTION, method="hirescam", guided=False, contrast=False)
+    finally:
+        handle.remove()
+    both = np.abs(explanation.grid_maps) + np.abs(explanation.counterfactual_maps)
+    assert (both[:, 1, 2] > 0).all()
+    both[:, 1, 2] = 0
+    assert not both.any()
+    height, width = SHAPES[shape]
+    strongest = int(np.argmax(explanation.grid_maps[:, 1, 2]))
+    assert explanation.grid_maps[strongest, 1, 2] > 0
+    x, y = explanation.peak_xy(strongest)
+    assert 2 * width / 4 <= x < 3 * width / 4 and height / 4 <= y < 2 * height / 4
