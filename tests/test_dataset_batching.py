@@ -103,3 +103,17 @@ def test_batched_gradients_leave_parameters_untouched(scenes) -> None:
     captioner.explain_batch([scene.image for scene in scenes[:2]], ["a red circle", None])
     assert all(parameter.grad is None for parameter in captioner.scorer.model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_map_tensors_reaches_every_tensor_of_a_record(scenes) -> None:
+    """A record made on a GPU comes back to the CPU through map_tensors: every tensor in it
+    (the output's dataclass and the dicts included) is mapped, the rest kept."""
+    from mmcam.core.gradcam import map_tensors
+
+    run = mmcam.load("easy-vqa").run([scenes[0].image], ["what color is the shape?"], top=2)
+    mapped = map_tensors(run.record, lambda tensor: tensor.double())
+    assert mapped.scores.dtype == torch.float64 and mapped.gradients.dtype == torch.float64
+    assert all(value.dtype == torch.float64 for value in mapped.extra_gradients.values())
+    assert mapped.extra_gradients.keys() == run.record.extra_gradients.keys()
+    assert mapped.input_size == run.record.input_size and mapped.layout == run.record.layout
+    np.testing.assert_array_equal(mapped.scores.numpy(), run.record.scores.double().numpy())
