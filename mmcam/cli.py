@@ -125,6 +125,17 @@ def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "a non-negative")
 
 
+def _check_dataset_options(args: argparse.Namespace) -> None:
+    """Options of a dataset run given to a records run would be ignored: say so instead."""
+    given = [
+        option
+        for option, value, default in (("--engine", args.engine, "local"), ("--device", args.device, "cpu"), ("--workers", args.workers, None), ("--gpus-per-worker", args.gpus_per_worker, 0))
+        if value != default
+    ]
+    if given and args.format != "parquet":
+        raise InputError(f"{', '.join(given)} need --format parquet (with --batch and --out)")
+
+
 def _run_dataset(args: argparse.Namespace, task: str) -> int:
     """``--format parquet``: the whole items file through :func:`mmcam.explain_dataset`."""
     from .datasets import explain_dataset
@@ -301,6 +312,7 @@ def _run_caption(args: argparse.Namespace) -> int:
     from .records import caption_record
 
     _check_sources(args)
+    _check_dataset_options(args)
     if args.format == "parquet":
         return _run_dataset(args, "caption")
     if args.batch:
@@ -353,6 +365,7 @@ def _run_vqa(args: argparse.Namespace) -> int:
     _check_sources(args)
     if args.answer and args.top != 1:
         raise InputError("give --answer or --top, not both")
+    _check_dataset_options(args)
     if args.format == "parquet":
         return _run_dataset(args, "vqa")
     if args.batch:

@@ -156,3 +156,15 @@ def test_vqa_parquet_rows(tmp_path) -> None:
     alone = mmcam.load("easy-vqa").explain(scenes[1].image, "what color is the shape?", ["red"], method="gradcam", guided=False)
     assert rows[1]["answer"] == alone.info["answer"] and rows[1]["text"] == "what color is the shape?"
     assert rows[1]["score"] == pytest.approx(float(alone.scores[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--engine", "ray"), "--engine need --format parquet (with --batch and --out)"),
+        (("--format", "parquet"), "--format parquet needs --batch FILE.jsonl and --out DIR"),
+    ],
+)
+def test_dataset_options_without_a_dataset_run_are_one_line_errors(items, arguments, message) -> None:
+    result = _mmcam("caption", "--batch", str(items), *arguments, cwd=items.parent)
+    assert result.returncode == 2 and result.stderr.strip() == f"mmcam: error: {message}"
