@@ -45,12 +45,17 @@ def explain_dataset(
 
     ``engine="local"`` runs here, ``workers`` DataLoader processes decoding images (default
     2), ``batch_size`` images per forward/backward pass, on ``device``; launched by torchrun,
-    each rank takes every WORLD_SIZE-th pending item. ``engine="ray"`` runs ``workers``
-    actors (default 2) on Ray Data. ``resume=True`` skips the items of committed parts;
-    without it, a folder holding a run is refused. A bad line or image is an error row.
+    each rank takes every WORLD_SIZE-th pending item (``device="cuda"``: its LOCAL_RANK's
+    GPU). ``engine="ray"`` runs ``workers`` actors (default 2) on Ray Data, on their GPU when
+    ``gpus_per_worker`` > 0. ``resume=True`` skips the items of committed parts; without it, a
+    folder holding a run is refused. A bad line or image is an error row.
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun rank
+    if engine == "ray" and gpus_per_worker and device == "cpu":
+        device = "cuda"  # an actor given a GPU runs on it (Ray sets CUDA_VISIBLE_DEVICES per actor)
     spec = DatasetTask(
         task, model, weights, layer, method, tuple(words) if words else None, score, beam,
         tuple(answers) if answers else None, top, device,
