@@ -289,10 +289,7 @@ def _print_classify(record: dict[str, Any]) -> None:
 def _load_adapter(args: argparse.Namespace, kind: str):
     from .registry import load
 
-    name = args.model
-    if name.startswith("hf:") and "?" not in name:
-        name = f"{name}?task={kind}"  # a VLM does both tasks; any other hf: model must do this one
-    adapter = load(name, weights=getattr(args, "weights", None), layer=args.layer)
+    adapter = load(args.model, weights=getattr(args, "weights", None), layer=args.layer, task=kind)
     if getattr(adapter, "kind", None) != kind:
         raise InputError(f"model {args.model!r} is a {adapter.kind} model; use 'mmcam {adapter.kind}'")
     return adapter

@@ -14,6 +14,7 @@ from .io import InputError
 
 Loader = Callable[..., Any]
 _SHIPPED: dict[str, Loader] = {}
+_VISION_LANGUAGE = {"shapes-llava"}  # shipped models that caption and answer questions
 
 
 def shipped(name: str) -> Callable[[Loader], Loader]:
@@ -32,20 +33,31 @@ def available_models() -> list[str]:
     return sorted(_SHIPPED)
 
 
-def load(name_or_path: str | os.PathLike, *, weights: str | os.PathLike | None = None, layer: str | None = None) -> Any:
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    layer: str | None = None,
+    task: str | None = None,
+) -> Any:
     """A ready adapter: model, preprocessing, layer and target builders, with ``explain``.
 
     ``name_or_path`` is a shipped model (see :func:`available_models`), a timm or torchvision
     model name (random weights unless ``weights`` names a local state-dict file: nothing is
-    downloaded), or ``hf:ID_OR_PATH`` for a transformers checkpoint.
+    downloaded), or ``hf:ID_OR_PATH`` for a transformers checkpoint. ``task`` (``"caption"`` or
+    ``"vqa"``) picks the task of a vision-language model that does both (``shapes-llava``, an
+    ``hf:`` LLaVA folder); other models have one task and ignore it.
     """
     _register_builtin()
     name = str(name_or_path)
     if name in _SHIPPED:
-        return _SHIPPED[name](layer=layer)
+        loader = _SHIPPED[name]
+        return loader(layer=layer, task=task) if name in _VISION_LANGUAGE else loader(layer=layer)
     if name.startswith("hf:"):
         from .adapters.hf import load_hf
 
+        if task and "?" not in name:
+            name = f"{name}?task={task}"  # a VLM does both tasks; any other hf: model must do this one
         return load_hf(name[3:], layer=layer)
     model = _timm_or_torchvision(name)
     if model is None:

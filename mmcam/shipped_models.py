@@ -60,3 +60,13 @@ def _easy_vqa(layer: str | None = None):
     from .adapters.vqa import VQAAdapter
 
     return VQAAdapter(EasyVQAScorer(load_easy_vqa(), layer=layer or "image_encoder"), default_method=VQA_DEFAULT_METHOD)
+
+
+@shipped("shapes-llava")
+def _shapes_llava(layer: str | None = None, task: str | None = None):
+    """The shipped LLaVA (models/shapes_llava.md) through the same ``hf:`` path as any user
+    checkpoint: captions by default, ``task="vqa"`` for questions."""
+    from .adapters.hf import load_hf
+    from .models.shapes_llava import DEFAULT_FOLDER
+
+    return load_hf(f"{DEFAULT_FOLDER}?task={task}" if task else str(DEFAULT_FOLDER), layer=layer)
