@@ -96,10 +96,10 @@ _FUNCTIONS: dict[Callable, tuple[str, Callable]] = {
     F.softplus: ("softplus", F.softplus),
 }
 _IN_PLACE = {torch.relu_, Tensor.relu_, F.hardtanh_, F.elu_, F.leaky_relu_}
-for _name in ("relu_", "celu_", "selu_", "rrelu_"):
-    _function = getattr(F, _name, None)
-    if _function is not None and _name[:-1] in ("relu", "celu", "selu"):
-        _FUNCTIONS[_function] = (_name[:-1], getattr(F, _name[:-1]))
+for _kind in ("relu", "celu", "selu"):  # F.relu_ and friends: not exported by every torch release
+    _function = getattr(F, f"{_kind}_", None)
+    if _function is not None:
+        _FUNCTIONS[_function] = (_kind, getattr(F, _kind))
         _IN_PLACE.add(_function)
 
 # Activation modules from other libraries that compute their own formula (not one F.* call).

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .layout import Layout
+
 
 @dataclass(frozen=True)
 class TokenGrid:
@@ -23,14 +25,13 @@ class TokenGrid:
     def __call__(self, tokens: Tensor) -> Tensor:
         if tokens.dim() != 3:
             raise ValueError(f"expected token activations (B, N, C), got shape {tuple(tokens.shape)}")
-        patches = tokens[:, self.drop :, :]
-        count = patches.shape[1]
+        count = tokens.shape[1] - self.drop
         height, width = self.grid if self.grid is not None else _square(count)
         if height * width != count:
             raise ValueError(
                 f"{count} tokens (after dropping {self.drop}) do not fill a {height}x{width} grid"
             )
-        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+        return Layout("tokens", (height, width), self.drop)(tokens)
 
 
 def _square(count: int) -> tuple[int, int]:
