@@ -9,6 +9,7 @@ layer, the tokens that precede the text and how the logits line up with the word
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class Loaded:
     name: str
     model: nn.Module
     tokenizer: Any
-    image: ImageSettings
+    image: ImageSettings | None  # None: a VLM whose module sizes images from its processor
     folder: Path | None = None
 
 
@@ -80,7 +81,12 @@ def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQ
         tokenizer = _load_part(transformers.AutoTokenizer, folder, "tokenizer", TOKENIZER_FILES)
         image_processor = _load_part(transformers.AutoImageProcessor, folder, "image processor", IMAGE_PROCESSOR_FILES)
     vision = getattr(config, "vision_config", None) or getattr(config, "encoder", None) or config
-    image = ImageSettings.from_processor(image_processor, getattr(vision, "image_size", None))
+    try:
+        image = ImageSettings.from_processor(image_processor, getattr(vision, "image_size", None))
+    except InputError:
+        if architecture not in VLM_MODULES:
+            raise
+        image = None  # a VLM module sizes its images from the processor itself
     loaded = Loaded(f"hf:{id_or_path}", model, tokenizer, image, folder)
     default = family.default_layer
     chosen = layer or (default(model) if callable(default) else _default_layer(model, default))
@@ -279,13 +285,9 @@ def _blip_answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
 
 
 def _llava_prompt(loaded: Loaded) -> Any:
-    import transformers
-
     from .llava import LlavaPrompt
 
-    with _quiet_loading():
-        processor = _load_part(transformers.AutoProcessor, loaded.folder, "processor", IMAGE_PROCESSOR_FILES)
-    return LlavaPrompt(processor, loaded.image, loaded.name)
+    return LlavaPrompt(processor_of(loaded), loaded.image, loaded.name)
 
 
 def _llava_captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
@@ -322,6 +324,30 @@ def _llava_layer(model: nn.Module) -> str:
     return tower_layer(model)
 
 
+def processor_of(loaded: Loaded) -> Any:
+    """The checkpoint's full processor (tokenizer, image processor, chat template), offline."""
+    import transformers
+
+    with _quiet_loading():
+        return _load_part(transformers.AutoProcessor, loaded.folder, "processor", IMAGE_PROCESSOR_FILES)
+
+
+def _vlm_family(module: str) -> Family:
+    """A decoder-only VLM family whose adapters live in ``mmcam.adapters.hf.<module>``: that
+    module defines ``default_layer(model)``, ``captioner(loaded, layer, instruction=None)`` and
+    ``answers(loaded, layer)``; it is imported only when such a checkpoint is loaded."""
+
+    def part(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import importlib
+
+            return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **kwargs)
+
+        return call
+
+    return Family("caption", part("default_layer"), part("captioner"), vqa=part("answers"))
+
+
 _CNN_OR_VIT = "encoder.encoder.stages.-1|encoder.layers.-1|encoder.encoder.layers.-1|encoder.encoder.layer.-1"
 
 FAMILIES: dict[str, Family] = {
@@ -333,3 +359,24 @@ FAMILIES: dict[str, Family] = {
     "ViltForQuestionAnswering": Family("vqa", "vilt.embeddings.patch_embeddings.projection", _vilt_answers),
     "LlavaForConditionalGeneration": Family("caption", _llava_layer, _llava_captioner, vqa=_llava_answers),
 }
+# Decoder-only VLM families, one module each (issue 12)
+VLM_MODULES = {
+    "LlavaNextForConditionalGeneration": "llava_next",
+    "LlavaOnevisionForConditionalGeneration": "llava_next",
+    "Qwen2VLForConditionalGeneration": "qwen_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen_vl",
+    "Qwen3VLForConditionalGeneration": "qwen_vl",
+    "Idefics3ForConditionalGeneration": "idefics",
+    "SmolVLMForConditionalGeneration": "idefics",
+    "PaliGemmaForConditionalGeneration": "paligemma",
+    "Gemma3ForConditionalGeneration": "paligemma",
+    "InstructBlipForConditionalGeneration": "instructblip",
+    "Florence2ForConditionalGeneration": "florence",
+}
+FAMILIES.update(
+    {
+        architecture: _vlm_family(module)
+        for architecture, module in VLM_MODULES.items()
+        if importlib.util.find_spec(f"{__package__}.{module}") is not None
+    }
+)
