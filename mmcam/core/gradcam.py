@@ -287,8 +287,12 @@ class GradCAM:
                 layer_name=self.layer_name,
                 prefix_tokens=prefix if isinstance(prefix, int) else None,
             )
-        if isinstance(reshape, Layout):
-            grid, grid_gradients, described = reshape(activations), reshape.gradients(gradients.transpose(0, 1)), reshape.describe()
+        if isinstance(reshape, Layout) or callable(getattr(reshape, "gradients", None)):
+            # a layout object: reshape(activations) -> (N, C, h, w) and
+            # reshape.gradients((T, *activations.shape)) -> (N, T, C, h, w), for layouts without a
+            # leading batch dimension (a VLM's vision tokens of all images in one sequence)
+            described = reshape.describe() if callable(getattr(reshape, "describe", None)) else "custom layout"
+            grid, grid_gradients = reshape(activations), reshape.gradients(gradients.transpose(0, 1))
         else:
             count, targets_count = gradients.shape[:2]
             grid = reshape(activations)
