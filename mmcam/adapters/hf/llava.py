@@ -107,13 +107,18 @@ class LlavaCaptioner(TransformersCaptioner):
     def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
         return self.generate_batch(images, beam_size)[0]
 
+    def text_inputs(self, ids: Tensor) -> dict[str, Tensor]:
+        """The model's inputs besides ids, images and attention mask for ids (N, L) that begin
+        with the prompt: none for LLaVA (a subclass adds e.g. ``token_type_ids``)."""
+        return {}
+
     def generate_batch(self, images: Tensor, beam_size: int) -> list[CaptionTokens]:
         """Captions of images (N, C, h, w): one ``generate`` call from the shared prompt."""
         prompt = torch.tensor(self.prefix, device=images.device).expand(images.shape[0], -1)
         with torch.no_grad(), eval_mode(self.model):
             sequences = self.model.generate(
                 input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=images,
-                num_beams=beam_size, do_sample=False, max_new_tokens=self.max_new_tokens,
+                num_beams=beam_size, do_sample=False, max_new_tokens=self.max_new_tokens, **self.text_inputs(prompt),
             )
         return [self.caption_of(sequence.tolist()) for sequence in sequences]
 
@@ -145,7 +150,7 @@ class LlavaAnswerScorer(BlipAnswerScorer):
             for n, prompt in enumerate(self._unpadded(question_ids)):
                 sequences = self.model.generate(
                     input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=images[n : n + 1],
-                    num_beams=beams, num_return_sequences=beams, do_sample=False, min_new_tokens=1,
+                    **self.text_inputs(prompt, [prompt.shape[1]]), num_beams=beams, num_return_sequences=beams, do_sample=False, min_new_tokens=1,
                     max_new_tokens=self.max_new_tokens,
                 )
                 distinct: dict[str, Candidate] = {}
@@ -163,12 +168,7 @@ class LlavaAnswerScorer(BlipAnswerScorer):
             raise ValueError(f"{len(candidates)} candidate lists given for a batch of {question_ids.shape[0]}")
         if not all(candidates):
             raise InputError("no candidate answers to score; give --answer or let the model generate one")
-        config = self.model.config
-        features = self.model.model.get_image_features(
-            pixel_values=images,
-            vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        ).pooler_output
+        features = self.image_features(images)
         prompts = [prompt[0].tolist() for prompt in self._unpadded(question_ids)]
         rows, owners, answer_masks = [], [], []
         for n, (prompt, items) in enumerate(zip(prompts, candidates, strict=True)):
@@ -184,7 +184,8 @@ class LlavaAnswerScorer(BlipAnswerScorer):
         row_features = torch.stack([features[n] for n in owners]).to(self.model.dtype)
         embeds = self.model.get_input_embeddings()(ids)
         embeds = embeds.masked_scatter(image_rows[..., None], row_features)
-        logits = self.model(inputs_embeds=embeds, attention_mask=attention).logits
+        prompt_lengths = [len(prompts[n]) for n in owners]
+        logits = self.model(inputs_embeds=embeds, attention_mask=attention, **self.text_inputs(ids, prompt_lengths)).logits
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
         totals = (logprobs * scored[:, 1:]).sum(dim=1)
         width = max(len(items) for items in candidates)
@@ -194,3 +195,17 @@ class LlavaAnswerScorer(BlipAnswerScorer):
             table[n, : len(items)] = totals[column : column + len(items)]
             column += len(items)
         return table
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """(N, image tokens, C): the projected image features the language model reads."""
+        config = self.model.config
+        return self.model.model.get_image_features(
+            pixel_values=images,
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        ).pooler_output
+
+    def text_inputs(self, ids: Tensor, prompt_lengths: Sequence[int]) -> dict[str, Tensor]:
+        """The model's inputs besides embeddings and attention mask for rows ids (R, L), row r
+        beginning with a prompt of ``prompt_lengths[r]`` tokens: none for LLaVA."""
+        return {}
