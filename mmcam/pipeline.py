@@ -69,6 +69,15 @@ def model_device(model: nn.Module) -> torch.device:
     return next((parameter.device for parameter in model.parameters()), torch.device("cpu"))
 
 
+def same_shape_groups(tensors: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by shape, in order of first appearance: the images of a
+    minibatch that can be stacked into one pass (a VLM sizes each image by its aspect ratio)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(tuple(tensor.shape), []).append(index)
+    return list(groups.values())
+
+
 def run_pass(
     model_pass: ModelPass,
     inputs: Inputs,

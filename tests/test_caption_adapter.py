@@ -180,3 +180,41 @@ def test_a_scorer_shifted_by_one_row_is_caught_on_a_generated_caption(shipped, s
     assert len(generated.labels) >= 2
     with pytest.raises(ValueError, match="CaptionScorer.score looks shifted by one row: .* token t \\+ 1"):
         CaptionAdapter(_MisalignedScorer(shipped, "shifted")).explain(scene.image, guided=False)
+
+
+@dataclass
+class _AspectSizedScorer(ShapesCaptionerScorer):
+    """Square images at 128x128, others at 96x96, resized to the model's 128x128 inside the
+    forward: a stand-in for a VLM that sizes each image by its own aspect ratio."""
+
+    def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
+        from mmcam.io import to_tensor
+
+        side = 128 if pixels.shape[0] == pixels.shape[1] else 96
+        return to_tensor(pixels, (side, side))
+
+    def score(self, images: torch.Tensor, ids: torch.Tensor) -> CaptionScores:
+        return super().score(torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear"), ids)
+
+
+def test_images_of_different_processed_sizes_get_one_pass_per_size_and_their_own_maps(adapter) -> None:
+    sized = CaptionAdapter(_AspectSizedScorer(adapter.scorer.model), default_method="gradcam")
+    scenes = make_split("test", 3)
+    images = [scenes[0].image, scenes[1].image[:, :100], scenes[2].image]  # square, wide, square
+    captions = ["a red circle", "a blue rectangle and a green triangle", "a green triangle"]
+    batched = sized.explain_batch(images, captions)
+    assert [item.heatmaps[0].shape for item in batched] == [(128, 128), (128, 100), (128, 128)]
+    for image, caption, together in zip(images, captions, batched, strict=True):
+        alone = sized.explain(image, caption)
+        assert together.labels == alone.labels
+        np.testing.assert_allclose(together.grid_maps, alone.grid_maps, atol=1e-5)
+        np.testing.assert_allclose(together.scores, alone.scores, atol=1e-5)
+        np.testing.assert_allclose(together.guided_gradients, alone.guided_gradients, atol=1e-5)
+    assert [item.guided_gradients.shape[-1] for item in batched] == [128, 96, 128]  # at each pass's input size
+    with pytest.raises(InputError, match=r"preprocess to different sizes \(128x128, 96x96\) .* use explain_batch"):
+        sized.run_batch(images, captions)
+
+
+def test_unknown_options_name_the_accepted_ones(adapter, scene) -> None:
+    with pytest.raises(TypeError, match="unknown caption option.*beam_width; accepted: words, method, beam_size"):
+        adapter.explain(scene.image, "a red circle", beam_width=2)

@@ -9,8 +9,8 @@ words of a caption from ONE forward pass and one batched backward pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from ..core.maps import split_method
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
-from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass
+from ..pipeline import (
+    DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
+)
 from ..targets import CaptionScores, ItemWordContrastTarget, ItemWordTarget, SummedTarget
 from ._scorer_adapter import ScorerAdapter
 
@@ -128,67 +130,62 @@ class CaptionAdapter(ScorerAdapter):
             for n, (image, caption) in enumerate(zip(loaded, captions, strict=True))
         ]
 
-    def run(
-        self,
-        image: ImageLike,
-        caption: str | None = None,
-        *,
-        words: Sequence[int | str] | None = None,
-        method: str | None = None,
-        beam_size: int = 1,
-        score: str = "logprob",
-        whole_caption: bool = False,
-        guided: bool = True,
-        contrast: bool = True,
-    ) -> CaptionRun:
+    def run(self, image: ImageLike, caption: str | None = None, **options: Any) -> CaptionRun:
         """The forward and backward pass behind :meth:`explain`, for callers that want several
-        methods' maps from the same gradients (evaluation): :meth:`run_batch` of one image."""
-        run = self.run_batch(
-            [image], [caption], words=words, method=method, beam_size=beam_size, score=score,
-            whole_caption=whole_caption, guided=guided, contrast=contrast,
-        )
+        methods' maps from the same gradients (evaluation): :meth:`run_batch` of one image.
+        ``options``: the fields of :class:`CaptionOptions`."""
+        run = self.run_batch([image], [caption], **options)
         return CaptionRun(
             run.cam, run.record, run.tokens[0], run.images[0], run.chosen[0], run.labels[0], run.word_counts[0], run.method
         )
 
     def run_batch(
-        self,
-        images: Sequence[ImageLike],
-        captions: Sequence[str | None] | None = None,
-        *,
-        words: Sequence[int | str] | None = None,
-        method: str | None = None,
-        beam_size: int = 1,
-        score: str = "logprob",
-        whole_caption: bool = False,
-        guided: bool = True,
-        contrast: bool = True,
+        self, images: Sequence[ImageLike], captions: Sequence[str | None] | None = None, **options: Any
     ) -> CaptionBatchRun:
         """ONE forward and ONE batched backward pass over N images, each with its own caption
         (given, or generated where ``captions[n]`` is None), right-padded with the scorer's
-        ``pad_id`` (0 when it has none) to the longest caption (N, L).
+        ``pad_id`` (0 when it has none) to the longest caption (N, L). ``options``: the fields
+        of :class:`CaptionOptions`. The images must preprocess to one size (:meth:`explain_batch`
+        groups images of a VLM that sizes each image by its own aspect ratio).
 
         Target column j is, per image, its j-th target (its words, then the whole caption if
         asked, then the contrasts) or nothing (score 0) where it has fewer: every target reads
         only its own image's row, and a causal decoder's rows for real tokens never see the
         padding after them, so each image's maps and scores equal its own pass's."""
-        if score not in SCORES:
-            raise InputError(f"unknown score {score!r}; choose one of: {', '.join(SCORES)}")
-        method = method or self.default_method
-        split_method(method)  # an unknown method fails before any work
+        settings = CaptionOptions.of(options)
+        loaded, pixels, given = self._inputs(images, captions)
+        groups = same_shape_groups(pixels)
+        if len(groups) > 1:
+            sizes = ", ".join("x".join(map(str, pixels[group[0]].shape[-2:])) for group in groups)
+            raise InputError(f"the images preprocess to different sizes ({sizes}) and cannot share one pass; use explain_batch")
+        return self._run(loaded, torch.stack(pixels), given, settings)
+
+    def _inputs(
+        self, images: Sequence[ImageLike], captions: Sequence[str | None] | None
+    ) -> tuple[list[LoadedImage], list[Tensor], list[str | None]]:
+        """The images loaded and preprocessed, and one caption (or None) per image."""
         given = [None] * len(images) if captions is None else list(captions)
         if len(given) != len(images):
             raise InputError(f"{len(images)} images but {len(given)} captions")
         if not images:
             raise InputError("no images to explain")
         loaded = [load_image(image) for image in images]
-        pixels = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
-        tokens = self._batch_tokens(loaded, pixels, given, beam_size)
+        return loaded, [self.scorer.preprocess(item.pixels) for item in loaded], given
+
+    def _run(
+        self, loaded: Sequence[LoadedImage], pixels: Tensor, given: Sequence[str | None], settings: CaptionOptions
+    ) -> CaptionBatchRun:
+        """:meth:`run_batch` of images already loaded and preprocessed to one size (N, C, h, w)."""
+        method = settings.method or self.default_method
+        tokens = self._batch_tokens(loaded, pixels, given, settings.beam_size)
         if any(not item.words for item in tokens):
             raise InputError("the caption has no words to explain")
-        chosen = [_select_words(item, words) for item in tokens]
-        plans = [_item_plan(item, positions, whole_caption, contrast) for item, positions in zip(tokens, chosen, strict=True)]
-        targets = _column_targets([plan for plan, _ in plans], score)
+        chosen = [_select_words(item, settings.words) for item in tokens]
+        plans = [
+            _item_plan(item, positions, settings.whole_caption, settings.contrast)
+            for item, positions in zip(tokens, chosen, strict=True)
+        ]
+        targets = _column_targets([plan for plan, _ in plans], settings.score)
         pad = getattr(self.scorer, "pad_id", None) or 0
         ids = torch.full((len(tokens), max(len(item.ids) for item in tokens)), pad, dtype=torch.long)
         for n, item in enumerate(tokens):
@@ -196,40 +193,31 @@ class CaptionAdapter(ScorerAdapter):
         device = model_device(self.scorer.model)
         explained = max(count for _, count in plans)  # the contrasts after them get no Guided Backprop
         cam, record = run_pass(
-            self._model_pass(), (pixels.to(device), ids.to(device)), targets, method=method, guided=guided, explained=explained
+            self._model_pass(), (pixels.to(device), ids.to(device)), targets, method=method,
+            guided=settings.guided, explained=explained,
         )
         for n, (item, caption) in enumerate(zip(tokens, given, strict=True)):
-            if caption is None and beam_size == 1:
+            if caption is None and settings.beam_size == 1:
                 check_greedy_rows(record.output, item.ids, item=n)
-        labels = [[item.words[w] for w in positions] + (["<caption>"] if whole_caption else []) for item, positions in zip(tokens, chosen, strict=True)]
-        return CaptionBatchRun(cam, record, tokens, loaded, chosen, labels, [count for _, count in plans], method)
+        labels = [
+            [item.words[w] for w in positions] + (["<caption>"] if settings.whole_caption else [])
+            for item, positions in zip(tokens, chosen, strict=True)
+        ]
+        return CaptionBatchRun(cam, record, tokens, list(loaded), chosen, labels, [count for _, count in plans], method)
 
     def explain(
-        self,
-        image: ImageLike,
-        caption: str | None = None,
-        *,
-        words: Sequence[int | str] | None = None,
-        method: str | None = None,
-        beam_size: int = 1,
-        score: str = "logprob",
-        whole_caption: bool = False,
-        guided: bool = True,
-        counterfactual: bool = DEFAULT_COUNTERFACTUAL,
-        contrast: bool = True,
+        self, image: ImageLike, caption: str | None = None, *, counterfactual: bool = DEFAULT_COUNTERFACTUAL, **options: Any
     ) -> Explanation:
         """Heatmaps for every word of ``caption`` (generated when None) from one forward pass.
 
-        ``words`` picks a subset (positions or words); ``score`` is ``"logprob"`` (default) or
-        ``"logit"``; ``whole_caption`` adds a map for the sum of the words' log-probs. The
-        explanation also holds Guided Grad-CAM, counterfactual maps, contrastive maps against
-        each step's runner-up word (:attr:`~mmcam.explanation.Explanation.contrasts`) and the model's attention, when it has
-        one. The one-image case of :meth:`explain_batch`.
+        ``options`` are the fields of :class:`CaptionOptions`: ``words`` picks a subset
+        (positions or words); ``score`` is ``"logprob"`` (default) or ``"logit"``;
+        ``whole_caption`` adds a map for the sum of the words' log-probs. The explanation also
+        holds Guided Grad-CAM, counterfactual maps, contrastive maps against each step's
+        runner-up word (:attr:`~mmcam.explanation.Explanation.contrasts`) and the model's
+        attention, when it has one. The one-image case of :meth:`explain_batch`.
         """
-        (explanation,) = self.explain_batch(
-            [image], [caption], words=words, method=method, beam_size=beam_size, score=score,
-            whole_caption=whole_caption, guided=guided, counterfactual=counterfactual, contrast=contrast,
-        )
+        (explanation,) = self.explain_batch([image], [caption], counterfactual=counterfactual, **options)
         return explanation
 
     def explain_batch(
@@ -237,40 +225,77 @@ class CaptionAdapter(ScorerAdapter):
         images: Sequence[ImageLike],
         captions: Sequence[str | None] | None = None,
         *,
-        words: Sequence[int | str] | None = None,
-        method: str | None = None,
-        beam_size: int = 1,
-        score: str = "logprob",
-        whole_caption: bool = False,
-        guided: bool = True,
         counterfactual: bool = DEFAULT_COUNTERFACTUAL,
-        contrast: bool = True,
+        **options: Any,
     ) -> list[Explanation]:
         """:meth:`explain` for N images, each with its own caption (None or a None entry:
-        generated), from ONE forward and ONE batched backward pass (:meth:`run_batch`); each
-        explanation equals the image's own :meth:`explain` up to float rounding."""
-        run = self.run_batch(
-            images, captions, words=words, method=method, beam_size=beam_size, score=score,
-            whole_caption=whole_caption, guided=guided, contrast=contrast,
-        )
+        generated), from ONE forward and ONE batched backward pass per image size (one pass for
+        a fixed-size model; a VLM that sizes images by their aspect ratio gets one pass per
+        size); each explanation equals the image's own :meth:`explain` up to float rounding."""
+        settings = CaptionOptions.of(options)
+        loaded, pixels, given = self._inputs(images, captions)
+        results: list[Explanation | None] = [None] * len(loaded)
+        for group in same_shape_groups(pixels):
+            run = self._run(
+                [loaded[n] for n in group], torch.stack([pixels[n] for n in group]), [given[n] for n in group], settings
+            )
+            for n, explanation in zip(group, self._explanations(run, settings, counterfactual), strict=True):
+                results[n] = explanation
+        return results  # type: ignore[return-value]
+
+    def _explanations(self, run: CaptionBatchRun, settings: CaptionOptions, counterfactual: bool) -> list[Explanation]:
         output = run.record.output
         items = []
         for n, (tokens, chosen, count) in enumerate(zip(run.tokens, run.chosen, run.word_counts, strict=True)):
-            spans = [tokens.spans[w] for w in chosen] + ([tuple(range(len(tokens.ids)))] if whole_caption else [])
+            spans = [tokens.spans[w] for w in chosen] + ([tuple(range(len(tokens.ids)))] if settings.whole_caption else [])
             logprobs = [float(output.logprobs[n, list(span), [tokens.ids[p] for p in span]].sum()) for span in spans]
             caption_text = " ".join(tokens.words)
-            info = {"caption": caption_text, "logprobs": logprobs, "score": score, "title": caption_text}
+            info = {"caption": caption_text, "logprobs": logprobs, "score": settings.score, "title": caption_text}
             contrast_labels = []
-            if contrast:
+            if settings.contrast:
                 contrast_labels = [f"{position:02d}-{tokens.words[position]}-vs-runner-up" for position in chosen]
                 info["contrast_scores"] = run.record.scores[n, count : count + len(chosen)].numpy()
-            indices = [*chosen, *([-1] if whole_caption else [])]
+            indices = [*chosen, *([-1] if settings.whole_caption else [])]
             attention = attention_maps(output, spans, item=n)
             items.append(ItemLabels(run.images[n], run.labels[n], indices, info, contrast_labels, attention))
         return explanations(
             self.kind, self.name, run.cam, run.record, items, method=run.method,
             explained=run.word_counts, counterfactual=counterfactual,
         )
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """How a caption is explained: the keyword options of :meth:`CaptionAdapter.explain`,
+    ``explain_batch``, ``run`` and ``run_batch``.
+
+    ``words``: the words to explain (positions or words; default all); ``method``: a map method
+    (default: the adapter's); ``beam_size``: beam search width when the caption is generated;
+    ``score``: y^c of a word, ``"logprob"`` (default) or ``"logit"``; ``whole_caption``: also a
+    map for the sum of the words' log-probs; ``guided``: compute Guided Backprop (for Guided
+    Grad-CAM); ``contrast``: also each word against the runner-up word at its first token."""
+
+    words: Sequence[int | str] | None = None
+    method: str | None = None
+    beam_size: int = 1
+    score: str = "logprob"
+    whole_caption: bool = False
+    guided: bool = True
+    contrast: bool = True
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> CaptionOptions:
+        """Options from keywords, checked: an unknown keyword, score or method fails before any work."""
+        unknown = set(options) - {item.name for item in fields(cls)}
+        if unknown:
+            accepted = ", ".join(item.name for item in fields(cls))
+            raise TypeError(f"unknown caption option(s) {', '.join(sorted(unknown))}; accepted: {accepted}")
+        settings = cls(**options)
+        if settings.score not in SCORES:
+            raise InputError(f"unknown score {settings.score!r}; choose one of: {', '.join(SCORES)}")
+        if settings.method is not None:
+            split_method(settings.method)
+        return settings
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -22,7 +22,10 @@ from ..core import GradCAM, GradientRecord
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
-from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass
+from ..core.maps import split_method
+from ..pipeline import (
+    DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
+)
 from ..targets import ChosenClassTarget, ContrastTarget
 from ._scorer_adapter import ScorerAdapter
 
@@ -129,24 +132,49 @@ class VQAAdapter(ScorerAdapter):
         images: Sequence[ImageLike],
         questions: Sequence[str],
         answers: Sequence[Sequence[str | int] | None] | None = None,
-        *,
-        top: int = 1,
-        method: str | None = None,
-        guided: bool = True,
-        contrast: tuple[str | int, str | int] | None = None,
+        **options: Any,
     ) -> VQARun:
         """The one forward and backward pass behind :meth:`explain_batch`, for callers that
-        want several methods' maps from the same gradients (evaluation)."""
+        want several methods' maps from the same gradients (evaluation). ``options``: the
+        fields of :class:`VQAOptions`. The images must preprocess to one size."""
+        settings = VQAOptions.of(options)
+        loaded, pixels, given = self._inputs(images, questions, answers, settings)
+        groups = same_shape_groups(pixels)
+        if len(groups) > 1:
+            sizes = ", ".join("x".join(map(str, pixels[group[0]].shape[-2:])) for group in groups)
+            raise InputError(f"the images preprocess to different sizes ({sizes}) and cannot share one pass; use explain_batch")
+        return self._run(loaded, torch.stack(pixels), list(questions), given, settings)
+
+    def _inputs(
+        self,
+        images: Sequence[ImageLike],
+        questions: Sequence[str],
+        answers: Sequence[Sequence[str | int] | None] | None,
+        settings: VQAOptions,
+    ) -> tuple[list[LoadedImage], list[Tensor], list[Sequence[str | int] | None]]:
+        """The images loaded and preprocessed, and each item's given answers (or None)."""
         if len(images) != len(questions):
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         given = list(answers) if answers else [None] * len(images)
         if len(given) != len(images):
             raise InputError(f"{len(images)} images but {len(given)} answer lists")
-        if top < 1 and not all(given):
-            raise InputError(f"cannot explain the top {top} answers: ask for 1 or more")
+        if settings.top < 1 and not all(given):
+            raise InputError(f"cannot explain the top {settings.top} answers: ask for 1 or more")
         loaded = [load_image(image) for image in images]
+        return loaded, [self.scorer.preprocess(item.pixels) for item in loaded], given
+
+    def _run(
+        self,
+        loaded: Sequence[LoadedImage],
+        batch: Tensor,
+        questions: Sequence[str],
+        given: Sequence[Sequence[str | int] | None],
+        settings: VQAOptions,
+    ) -> VQARun:
+        """:meth:`run` of images already loaded and preprocessed to one size (N, C, h, w)."""
+        top = settings.top
         tokens = [self.question_tokens(question) for question in questions]
-        choices = self.answer_choices(loaded, tokens, given, top, contrast)
+        choices = self.answer_choices(loaded, tokens, given, top, settings.contrast)
         for n, item in enumerate(choices.wanted):
             if item is None and not 1 <= top <= len(choices.answers[n]):
                 raise InputError(f"cannot explain the top {top} answers: {self.name} has {len(choices.answers[n])} answers")
@@ -160,7 +188,7 @@ class VQAAdapter(ScorerAdapter):
         ]
         if choices.contrast:
             targets.append(ContrastTarget(*choices.contrast))
-        method = method or self.default_method
+        method = settings.method or self.default_method
         model_pass = ModelPass(
             self.scorer.model,
             self.scorer.layer,
@@ -168,13 +196,13 @@ class VQAAdapter(ScorerAdapter):
             reshape=self.scorer.reshape,
             extra_layers=[self.scorer.embedding_layer] if self.scorer.embedding_layer else [],
         )
-        batch = torch.stack([self.scorer.preprocess(item.pixels) for item in loaded])
         question_ids = self.scorer.collate(tokens)
         device = model_device(self.scorer.model)
         cam, record = run_pass(
-            model_pass, (batch.to(device), question_ids.to(device)), targets, method=method, guided=guided, explained=count
+            model_pass, (batch.to(device), question_ids.to(device)), targets, method=method, guided=settings.guided,
+            explained=count,
         )
-        return VQARun(cam, record, loaded, tokens, choices.wanted, count, batch, question_ids, method, choices.answers)
+        return VQARun(cam, record, list(loaded), tokens, choices.wanted, count, batch, question_ids, method, choices.answers)
 
     def explain_batch(
         self,
@@ -182,21 +210,35 @@ class VQAAdapter(ScorerAdapter):
         questions: Sequence[str],
         answers: Sequence[Sequence[str | int] | None] | None = None,
         *,
-        top: int = 1,
-        method: str | None = None,
-        guided: bool = True,
         counterfactual: bool = DEFAULT_COUNTERFACTUAL,
-        contrast: tuple[str | int, str | int] | None = None,
+        **options: Any,
     ) -> list[Explanation]:
-        """Explain a minibatch from ONE forward pass.
+        """Explain a minibatch from ONE forward pass (one per image size, for a VLM that sizes
+        each image by its aspect ratio).
 
         Per item, ``answers[n]`` (given answers) or, when None, its ``top`` best answers (the
         first is the prediction). All items must ask for the same number of answers.
-        ``contrast=(a, b)`` adds a map for score(a) - score(b) (the explanation's ``contrasts``).
+        ``options`` are the fields of :class:`VQAOptions`: ``top``, ``method``, ``guided`` and
+        ``contrast=(a, b)``, a map for score(a) - score(b) (the explanation's ``contrasts``).
         """
-        run = self.run(images, questions, answers, top=top, method=method, guided=guided, contrast=contrast)
+        settings = VQAOptions.of(options)
+        loaded, pixels, given = self._inputs(images, questions, answers, settings)
+        results: list[Explanation | None] = [None] * len(loaded)
+        for group in same_shape_groups(pixels):
+            run = self._run(
+                [loaded[n] for n in group], torch.stack([pixels[n] for n in group]), [questions[n] for n in group],
+                [given[n] for n in group], settings,
+            )
+            texts = [questions[n] for n in group]
+            for n, explanation in zip(group, self._explanations(run, texts, settings, counterfactual), strict=True):
+                results[n] = explanation
+        return results  # type: ignore[return-value]
+
+    def _explanations(
+        self, run: VQARun, questions: Sequence[str], settings: VQAOptions, counterfactual: bool
+    ) -> list[Explanation]:
         record, loaded, tokens, wanted, count = run.record, run.images, run.questions, run.wanted, run.count
-        candidates = run.answers
+        candidates, contrast = run.answers, settings.contrast
         logits = record.output
         # a scorer whose scores are log-probs of generated answers says how they become probabilities
         own_probabilities = getattr(self.scorer, "probabilities", None)
@@ -225,6 +267,31 @@ class VQAAdapter(ScorerAdapter):
         return explanations(
             self.kind, self.name, run.cam, record, items, method=run.method, explained=count, counterfactual=counterfactual
         )
+
+
+@dataclass(frozen=True)
+class VQAOptions:
+    """How answers are explained: the keyword options of :meth:`VQAAdapter.explain`,
+    ``explain_batch`` and ``run``. ``top``: explain each item's best ``top`` answers when it
+    gives none; ``method``: a map method (default: the adapter's); ``guided``: compute Guided
+    Backprop; ``contrast``: ``(a, b)``, also a map for score(a) - score(b)."""
+
+    top: int = 1
+    method: str | None = None
+    guided: bool = True
+    contrast: tuple[str | int, str | int] | None = None
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> VQAOptions:
+        """Options from keywords, checked: an unknown keyword or method fails before any work."""
+        unknown = set(options) - {item.name for item in fields(cls)}
+        if unknown:
+            accepted = ", ".join(item.name for item in fields(cls))
+            raise TypeError(f"unknown VQA option(s) {', '.join(sorted(unknown))}; accepted: {accepted}")
+        settings = cls(**options)
+        if settings.method is not None:
+            split_method(settings.method)
+        return settings
 
 
 @dataclass(frozen=True)
