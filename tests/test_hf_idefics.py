@@ -1,0 +1,254 @@
+"""Idefics3 and SmolVLM through ``mmcam.load("hf:FOLDER")``: the image processor's own tiles and
+prompt, teacher-forced scores equal to ``generate``'s, every word from one pass, maps stitched
+from the tiles onto the whole image, on tiny random checkpoints saved offline (see
+``vlm_idefics_fixtures``); square, wide and tall images make 3x3, 2x3 and 3x2 tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mmcam
+from hf_fixtures import one_thread  # noqa: F401 (autouse fixture)
+from mmcam.cli import main
+from mmcam.errors import InputError
+from reliability_support import assert_unchanged, full_state
+from test_hf_cli import CAPTION_KEYS, VQA_KEYS
+from vlm_fixtures import SHAPES, llava_image
+from vlm_idefics_fixtures import CLASSES, IMAGE_SEQ_LEN, PATCH, SCALE, TILE, saved_idefics
+
+CAPTION = "a red circle and a blue square"
+QUESTION = "what color is the circle?"
+FAMILIES = list(CLASSES)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def captioner(family):
+    return mmcam.load(f"hf:{saved_idefics(family)}")
+
+
+@pytest.fixture(scope="module")
+def answerer(family):
+    return mmcam.load(f"hf:{saved_idefics(family)}?task=vqa")
+
+
+@pytest.fixture(scope="module")
+def processor(family):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(saved_idefics(family))
+
+
+def _image(shape: str) -> Image.Image:
+    return Image.open(llava_image(shape)).convert("RGB")
+
+
+def _pixels(adapter, shape: str) -> torch.Tensor:
+    return adapter.scorer.preprocess(np.array(_image(shape)))[None]
+
+
+def _rendered(processor, text: str) -> str:
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
+def _rows_cols(processor, shape: str) -> tuple[int, int]:
+    info = processor.image_processor(images=_image(shape), return_row_col_info=True)
+    return info["rows"][0][0], info["cols"][0][0]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_pixels_and_prompt_are_the_processors_own(captioner, answerer, processor, shape: str) -> None:
+    """The tiles equal the processor's pixel values (1e-5: the same uint8 resizes, then cuts);
+    the global view, resized from float values where the processor resizes and rounds uint8
+    ones, within one uint8 level; the prompt equals the processor's ids token for token."""
+    rendered = _rendered(processor, "Describe the image.")
+    expected = processor(images=_image(shape), text=rendered, return_tensors="pt")
+    pixels = _pixels(captioner, shape)
+    rows, cols = _rows_cols(processor, shape)
+    assert pixels.shape == (1, 3, rows * TILE, cols * TILE) and rows * cols > 1
+    inputs = captioner.scorer.views.inputs(pixels)
+    assert inputs["pixel_values"].shape == expected["pixel_values"].shape == (1, rows * cols + 1, 3, TILE, TILE)
+    torch.testing.assert_close(inputs["pixel_values"][:, :-1], expected["pixel_values"][:, :-1], atol=1e-5, rtol=0)
+    level = 1 / (255 * 0.5)  # one uint8 level after normalising with std 0.5
+    assert (inputs["pixel_values"][:, -1] - expected["pixel_values"][:, -1]).abs().max() <= level
+    assert torch.equal(inputs["pixel_attention_mask"], expected["pixel_attention_mask"])
+    prompt = captioner.scorer.prompt_ids(pixels)
+    assert prompt == tuple(expected["input_ids"][0].tolist())
+    image_id = processor.image_token_id
+    assert prompt.count(image_id) == (rows * cols + 1) * IMAGE_SEQ_LEN
+    question = answerer.scorer.tokenize(QUESTION)
+    asked = processor(images=_image(shape), text=_rendered(processor, QUESTION))["input_ids"][0]
+    expanded = answerer.scorer._expanded(pixels, answerer.scorer.collate([question]))
+    assert tuple(expanded[0].tolist()) == tuple(asked) and question.words == ("what", "color", "is", "the", "circle")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_teacher_forced_scores_equal_generate(captioner, shape: str) -> None:
+    scorer = captioner.scorer
+    pixels = _pixels(captioner, shape)
+    prefix = scorer.prompt_ids(pixels)
+    with torch.no_grad():
+        generated = scorer.model.generate(
+            input_ids=torch.tensor([prefix]), **scorer.views.inputs(pixels), max_new_tokens=scorer.max_new_tokens,
+            do_sample=False, output_logits=True, return_dict_in_generate=True,
+        )
+        tokens = scorer.caption_after(prefix, generated.sequences[0].tolist())
+        assert tokens == captioner.caption_tokens(llava_image(shape))
+        forced = scorer.score(pixels, torch.tensor([tokens.ids])).logits
+    expected = torch.log_softmax(torch.stack(generated.logits[: len(tokens.ids)], dim=1), dim=-1)
+    assert forced.shape == expected.shape and len(tokens.ids) >= 1
+    torch.testing.assert_close(torch.log_softmax(forced, dim=-1), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_maps_are_the_tiles_stitched_over_the_whole_image(family, captioner, processor, shape: str) -> None:
+    """The vision tower's map is the processor's rows x cols tiles of (TILE / PATCH)^2 patches;
+    the connector's, of (TILE / PATCH / scale_factor)^2 image tokens; both stretch onto the
+    original image."""
+    rows, cols = _rows_cols(processor, shape)
+    explanation = captioner.explain(llava_image(shape), CAPTION, guided=False, contrast=False)
+    side = TILE // PATCH
+    assert captioner.layer_name == "model.vision_model.encoder.layers.1"
+    assert explanation.grid_maps.shape == (7, rows * side, cols * side)
+    assert explanation.heatmap(1).shape == SHAPES[shape]
+    stitched = f"tiles {rows}x{cols} of {side}x{side} tokens stitched to {rows * side}x{cols * side}, global view left out"
+    assert captioner.scorer.reshape.describe() == stitched
+    if shape == "wide":
+        connector = mmcam.load(f"hf:{saved_idefics(family)}", layer="model.connector")
+        mapped = connector.explain(llava_image(shape), CAPTION, guided=False, contrast=False)
+        assert mapped.grid_maps.shape == (7, rows * side // SCALE, cols * side // SCALE)
+
+
+def test_every_word_at_once_equals_each_word_alone(captioner) -> None:
+    model = captioner.scorer.model
+    with torch.no_grad():  # transformers installs its hidden-state recording hooks on a first forward
+        captioner.scorer.score(_pixels(captioner, "wide"), torch.tensor([captioner.scorer.tokenize(CAPTION).ids]))
+    before = full_state(model)
+    together = captioner.explain(llava_image("wide"), CAPTION, guided=False, contrast=False)
+    assert together.labels == CAPTION.split() and np.abs(together.grid_maps).max() > 0
+    for index in range(len(together.labels)):
+        alone = captioner.explain(llava_image("wide"), CAPTION, words=[index], guided=False, contrast=False)
+        np.testing.assert_allclose(alone.grid_maps[0], together.grid_maps[index], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(alone.scores[0], together.scores[index], atol=1e-5)
+    guided = captioner.explain(llava_image("wide"), "a red circle")
+    assert guided.guided_gradients.shape == (3, 3, 32, 48) and np.abs(guided.guided_gradients).max() > 0
+    assert_unchanged(before, full_state(model))
+
+
+@pytest.mark.parametrize("shape", ["wide", "tall"])
+def test_a_score_that_reads_one_patch_lights_up_that_place(captioner, shape: str) -> None:
+    """The connector's output is zeroed for every image token but token (0, 1) of tile (1, 1) (of
+    2x3 or 3x2 tiles): the words' scores then depend on the vision tower's output at that token's
+    2x2 patches only (the pixel shuffle's block), so HiResCAM is 0 at every other cell of the
+    stitched grid, and the full-size map peaks at those patches' place in the original image."""
+    model = captioner.scorer.model
+    rows, cols = (2, 3) if shape == "wide" else (3, 2)
+    keep = torch.zeros(rows * cols + 1, IMAGE_SEQ_LEN, 1)
+    keep[1 * cols + 1, 1] = 1.0
+    handle = model.model.connector.register_forward_hook(lambda module, args, output: output * keep)
+    try:
+        explanation = captioner.explain(llava_image(shape), CAPTION, method="hirescam", guided=False, contrast=False)
+    finally:
+        handle.remove()
+    side = TILE // PATCH
+    cells = (slice(side + 0, side + SCALE), slice(side + SCALE, side + 2 * SCALE))  # tile (1, 1), token (0, 1)
+    both = np.abs(explanation.grid_maps) + np.abs(explanation.counterfactual_maps)
+    assert (both[(slice(None), *cells)] > 0).all(axis=(1, 2)).any()
+    both[(slice(None), *cells)] = 0
+    assert not both.any()
+    strongest = int(np.argmax(explanation.grid_maps[(slice(None), *cells)].sum(axis=(1, 2))))
+    x, y = explanation.peak_xy(strongest)
+    height, width = SHAPES[shape]
+    grid_h, grid_w = rows * side, cols * side
+    assert side * height / grid_h <= y < (side + SCALE) * height / grid_h
+    assert (side + SCALE) * width / grid_w <= x < (side + 2 * SCALE) * width / grid_w
+
+
+def test_answer_score_is_log_p_of_answer_and_end(answerer) -> None:
+    scorer = answerer.scorer
+    pixels = _pixels(answerer, "tall")
+    question = scorer._expanded(pixels, scorer.collate([scorer.tokenize(QUESTION)]))
+    with torch.no_grad():
+        generated = scorer.model.generate(
+            input_ids=question, **scorer.views.inputs(pixels), max_new_tokens=3, min_new_tokens=3, do_sample=False,
+            output_logits=True, return_dict_in_generate=True,
+        )
+        answer = generated.sequences[0, question.shape[1] : question.shape[1] + 2].tolist()
+        steps = torch.log_softmax(torch.cat(generated.logits), dim=-1)
+        expected = steps[0, answer[0]] + steps[1, answer[1]] + steps[2, scorer.end_id]
+        other = scorer.answer_tokens("blue")[1]
+        scores = scorer.score(pixels, scorer.collate([scorer.tokenize(QUESTION)]), [[tuple(answer), other]])
+    assert scores.shape == (1, 2)
+    torch.testing.assert_close(scores[0, 0], expected, atol=1e-5, rtol=0)
+
+
+def test_vqa_answers_at_once_equal_each_alone_and_batch_equals_single(answerer) -> None:
+    questions = [QUESTION, "is there a red square?"]
+    images = [llava_image("wide"), llava_image("wide")]
+    both = answerer.explain_batch(images, questions, [["red", "blue"], ["yes", "no"]], guided=False)
+    for n, answers in enumerate([["red", "blue"], ["yes", "no"]]):
+        for k, answer in enumerate(answers):
+            alone = answerer.explain(images[n], questions[n], [answer], guided=False)
+            np.testing.assert_allclose(alone.grid_maps[0], both[n].grid_maps[k], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(alone.scores[0], both[n].scores[k], atol=1e-5)
+    assert both[0].grid_maps.shape == (2, 8, 12) and np.abs(both[0].grid_maps).max() > 0
+    generated = answerer.explain(llava_image("square"), QUESTION, guided=False)
+    assert generated.info["answer"] == generated.labels[0] and generated.grid_maps.shape == (1, 12, 12)
+
+
+def test_one_view_without_splitting() -> None:
+    """An image processor without splitting squashes the image to one tile: one view, its
+    (TILE / PATCH)^2 grid, the prompt's global form."""
+    from transformers import AutoProcessor
+
+    folder = saved_idefics("idefics3", "no-splitting")
+    captioner = mmcam.load(f"hf:{folder}")
+    processor = AutoProcessor.from_pretrained(folder)
+    expected = processor(images=_image("wide"), text=_rendered(processor, "Describe the image."), return_tensors="pt")
+    pixels = _pixels(captioner, "wide")
+    inputs = captioner.scorer.views.inputs(pixels)
+    assert pixels.shape == (1, 3, TILE, TILE) and inputs["pixel_values"].shape == expected["pixel_values"].shape
+    torch.testing.assert_close(inputs["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
+    assert captioner.scorer.prompt_ids(pixels) == tuple(expected["input_ids"][0].tolist())
+    explanation = captioner.explain(llava_image("wide"), "a red circle", guided=False)
+    assert explanation.grid_maps.shape == (3, TILE // PATCH, TILE // PATCH)
+    assert captioner.scorer.reshape.describe() == "one view of 4x4 tokens (no tiles)"
+
+
+def test_clear_errors() -> None:
+    with pytest.raises(InputError, match="no chat template"):
+        mmcam.load(f"hf:{saved_idefics('smolvlm', 'no-template')}")
+    with pytest.raises(InputError, match="no whole number of 16-pixel tiles"):
+        adapter = mmcam.load(f"hf:{saved_idefics('idefics3')}")
+        adapter.scorer.score(torch.zeros(1, 3, 20, 32), torch.tensor([[5]]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_caption_json(capsys, tmp_path, family: str) -> None:
+    folder, image = saved_idefics(family), llava_image("tall")
+    argv = ["caption", str(image), "--model", f"hf:{folder}", "--caption", "a red circle", "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    record = json.loads(line)
+    assert set(record) == CAPTION_KEYS and record["layer"] == "model.vision_model.encoder.layers.1"
+    assert [word["word"] for word in record["words"]] == ["a", "red", "circle"]
+    assert all(np.load(word["heatmap"]).shape == SHAPES["tall"] for word in record["words"])
+
+
+def test_cli_vqa_json(capsys) -> None:
+    argv = ["vqa", str(llava_image("square")), QUESTION, "--model", f"hf:{saved_idefics('smolvlm')}", "--json", "--answer", "red"]
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    record = json.loads(line)
+    assert set(record) == VQA_KEYS and record["explanations"][0]["answer"] == "red"
+    assert record["explanations"][0]["score"] < 0
