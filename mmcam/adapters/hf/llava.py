@@ -5,17 +5,31 @@ the image and the instruction (or the question), and the processor expands the i
 one placeholder per image feature. The language model reads ``prompt + text``; row
 ``len(prompt) - 1 + t`` of its logits scores text token t, as ``generate`` scores it.
 
-The map is taken in the vision tower's layer the language model reads
-(``vision_feature_layer``, -2 by default: the last layer gets no gradient), on its patch tokens
-(the CLS token dropped). The patch grid is the processor's crop size over the patch size.
-Images are resized to the crop size as a whole, not short-edge resized and centre-cropped as
-the processor does, so the grid covers the whole original image and a map is stretched back
-onto it (a wide image's sides are seen by the model, and explained, rather than cut off).
+Where the map is taken (``--layer``), three choices, each on the (h, w) patch grid:
+
+- the vision tower block the language model reads, ``model.vision_tower.encoder.layers.K`` with
+  K from ``vision_feature_layer`` (the default; -2 in LLaVA-1.5: the last block gets no
+  gradient), its patch tokens with the CLS token dropped; any other tower block works alike;
+- the projector's output, ``model.multi_modal_projector``: the image tokens the language model
+  reads (the CLS token dropped when the ``"full"`` strategy keeps it);
+- language-model layer K's hidden states at the image-token positions,
+  ``model.language_model.layers.K``: each row's image placeholders, found in the ids the
+  language model reads, laid on the grid (see :class:`ImageTokenRows`). A text position's state
+  there depends on the image too, but only the image positions have a place on the grid, so only
+  they are mapped. The last layer (and the final norm) is refused: a causal model reads its
+  states at the image positions only for those positions' own logits, which score nothing.
+
+The patch grid is the processor's crop size over the patch size. Images are resized to the crop
+size as a whole, not short-edge resized and centre-cropped as the processor does, so the grid
+covers the whole original image and a map is stretched back onto it (a wide image's sides are
+seen by the model, and explained, rather than cut off).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +37,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ...core import TokenGrid
+from ...core import TokenGrid, resolve_layer
 from ...core.hooks import eval_mode
+from ...core.layout import Layout
 from ...errors import InputError
+from ...targets import CaptionScores
 from ..captioning import CaptionTokens
 from ..vqa import QuestionTokens
 from .captioning import TransformersCaptioner
@@ -34,7 +50,10 @@ from .vqa import BlipAnswerScorer, Candidate, pad_ids
 from .words import encode_words
 
 DEFAULT_INSTRUCTION = "Describe the image."
-TOWER_LAYERS = "model.vision_tower.encoder.layers"
+TOWER = "model.vision_tower"
+TOWER_LAYERS = f"{TOWER}.encoder.layers"
+PROJECTOR = "model.multi_modal_projector"
+LANGUAGE_MODEL = "model.language_model"
 
 
 @dataclass(frozen=True)
@@ -99,10 +118,162 @@ def patch_tokens(prompt: LlavaPrompt, model: nn.Module) -> TokenGrid:
     return TokenGrid(drop=extra, grid=prompt.grid(int(model.config.vision_config.patch_size)))
 
 
+def image_rows(prompt: LlavaPrompt, model: nn.Module) -> ImageTokenRows:
+    """The image placeholders of the language model's rows, on the patch grid; the ``"full"``
+    strategy's CLS placeholder is dropped."""
+    full = model.config.vision_feature_select_strategy == "full"
+    extra = int(getattr(prompt.processor, "num_additional_image_tokens", 0) or 0) if full else 0
+    return ImageTokenRows(prompt.image_token_id, prompt.grid(int(model.config.vision_config.patch_size)), drop=extra)
+
+
+def layer_layout(prompt: LlavaPrompt, model: nn.Module, layer: str, rows: ImageTokenRows) -> TokenGrid | ImageTokenRows:
+    """How ``layer``'s output lies on the patch grid: a vision tower block's (B, extra + h*w, C)
+    patch tokens, the projector's (B, drop + h*w, C) image tokens, or, for a language-model
+    decoder layer but the last (or a part of one), ``rows`` (the image placeholders of its
+    (R, L, C) hidden states). Any other layer is an InputError naming the choices."""
+    name, module = resolve_layer(model, layer)
+    if _inside(model, TOWER, module):
+        return patch_tokens(prompt, model)
+    if _inside(model, PROJECTOR, module):
+        return TokenGrid(drop=rows.drop, grid=rows.grid)
+    language = model.get_submodule(LANGUAGE_MODEL)
+    last = len(language.layers) - 1
+    if module is language.layers[last] or (hasattr(language, "norm") and _inside(language, "norm", module)):
+        raise InputError(
+            f"layer {name!r}: the last language-model layer's states at the image tokens reach no scored "
+            f"token (a causal model reads them only for their own positions' logits); choose "
+            f"{LANGUAGE_MODEL}.layers.K with K < {last}"
+        )
+    if _inside(language, "layers", module):
+        return rows
+    raise InputError(
+        f"layer {name!r} holds no image tokens on LLaVA's patch grid; choose a vision tower block "
+        f"({TOWER_LAYERS}.K), the projector ({PROJECTOR}) or a language-model layer ({LANGUAGE_MODEL}.layers.K)"
+    )
+
+
+def _inside(model: nn.Module, name: str, module: nn.Module) -> bool:
+    return any(module is part for part in model.get_submodule(name).modules())
+
+
+@dataclass(frozen=True)
+class ImageTokenRows:
+    """Layout of a language-model layer's hidden states (R, L, C): each row's image
+    placeholders (``image_token_id``), after ``drop`` leading ones, on the (h, w) ``grid``.
+
+    Before each forward, the scorer records the ids the language model reads (the prompt's are
+    enough: it holds every placeholder) and which image each row belongs to (a VQA scorer reads
+    one row per candidate answer), kept per thread until the next forward. Image n's activations
+    are those of its first row: its rows share the prompt up to the placeholders, and the model
+    is causal, so their states there are equal. Image n's gradient for a target is the sum over
+    its rows (the chain rule through those shared states; a target reads one row, so the other
+    rows add zero)."""
+
+    image_token_id: int
+    grid: tuple[int, int]
+    drop: int = 0
+    _recorded: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
+
+    def record(self, ids: Tensor, owners: Sequence[int]) -> None:
+        """Remember, for this thread's next reshape, the placeholder positions of each row of
+        ``ids`` (R, L') and ``owners[r]``, the image of row r (every image 0..N-1 has a row)."""
+        placeholders = ids == self.image_token_id
+        expected = self.drop + self.grid[0] * self.grid[1]
+        counts = set(placeholders.sum(dim=1).tolist())
+        if counts != {expected}:
+            raise ValueError(
+                f"rows with {sorted(counts)} image placeholders; the {self.grid[0]}x{self.grid[1]} grid "
+                f"after {self.drop} leading ones needs {expected}"
+            )
+        positions = placeholders.nonzero()[:, 1].reshape(ids.shape[0], expected)[:, self.drop :]
+        owned = torch.as_tensor(list(owners), dtype=torch.long)
+        if owned.shape != (ids.shape[0],) or set(owned.tolist()) != set(range(int(owned.max()) + 1)):
+            raise ValueError(f"owners {owned.tolist()} must name an image 0..N-1 for each of the {ids.shape[0]} rows")
+        self._recorded.rows = positions.cpu(), owned
+
+    def _rows(self, count: int) -> tuple[Tensor, Tensor]:
+        rows = getattr(self._recorded, "rows", None)
+        if rows is None:
+            raise RuntimeError("no forward pass recorded its image-token rows in this thread; the scorer must call record()")
+        if rows[0].shape[0] != count:
+            raise RuntimeError(f"the layer gave {count} rows, but the last forward recorded {rows[0].shape[0]}")
+        return rows
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        """Hidden states (R, L, C) -> (N, C, h, w): each image's first row at its placeholders."""
+        positions, owners = self._rows(activations.shape[0])
+        first = torch.tensor([owners.tolist().index(n) for n in range(int(owners.max()) + 1)])
+        tokens = activations[first[:, None].to(activations.device), positions[first].to(activations.device)]
+        return Layout("tokens", self.grid)(tokens)
+
+    def gradients(self, gradients: Tensor) -> Tensor:
+        """Per-target gradients (T, R, L, C) -> (N, T, C, h, w): each row's at its
+        placeholders, summed over each image's rows."""
+        count, rows = gradients.shape[:2]
+        positions, owners = self._rows(rows)
+        device = gradients.device
+        picked = gradients[:, torch.arange(rows, device=device)[:, None], positions.to(device)]  # (T, R, P, C)
+        images = int(owners.max()) + 1
+        summed = picked.new_zeros(count, images, *picked.shape[2:]).index_add_(1, owners.to(device), picked)
+        grid = Layout("tokens", self.grid)(summed.transpose(0, 1).reshape(images * count, *picked.shape[2:]))
+        return grid.reshape(images, count, *grid.shape[1:])
+
+    def attention(self, attentions: Sequence[Tensor], steps: slice) -> Tensor:
+        """The language model's attention from rows ``steps`` to the image placeholders, mean
+        over layers and heads: per-layer weights (R, heads, L, L) -> (N, S, h, w), each image's
+        first row."""
+        positions, owners = self._rows(attentions[0].shape[0])
+        first = torch.tensor([owners.tolist().index(n) for n in range(int(owners.max()) + 1)])
+        mean = torch.stack(list(attentions)).mean(dim=(0, 2))[first.to(attentions[0].device), steps]  # (N, S, L)
+        picked = mean.gather(2, positions[first].to(mean.device)[:, None, :].expand(-1, mean.shape[1], -1))
+        return picked.reshape(*picked.shape[:2], *self.grid)
+
+    def describe(self) -> str:
+        """``"language-model tokens 8x8 at the image placeholders"``."""
+        return f"language-model tokens {self.grid[0]}x{self.grid[1]} at the image placeholders"
+
+
+@contextlib.contextmanager
+def _eager_attention(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """The language model on eager attention during the block (sdpa returns no weights), then
+    back on its own implementation."""
+    language = model.get_submodule(LANGUAGE_MODEL)
+    previous = language.config._attn_implementation
+    if not enabled or previous == "eager":
+        yield
+        return
+    language.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        language.set_attn_implementation(previous)
+
+
 @dataclass
 class LlavaCaptioner(TransformersCaptioner):
     """A :class:`TransformersCaptioner` whose prefix is the prompt (instruction and image
-    placeholders) and whose ``generate`` starts from it."""
+    placeholders) and whose ``generate`` starts from it. ``placeholders`` records the image
+    placeholders' rows on each forward (the layout of a language-model layer); with
+    ``attention`` the scores also carry the language model's attention from each step to the
+    image tokens, mean over layers and heads (eager attention: slower)."""
+
+    placeholders: ImageTokenRows | None = None
+    attention: bool = False
+
+    def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
+        """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L): row t scores ids[:, t];
+        with ``attention``, (N, L, h, w) attention at those rows."""
+        if self.attention and self.placeholders is None:
+            raise ValueError("attention maps need the image placeholders' layout (placeholders=)")
+        prompt = torch.tensor(self.prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
+        if self.placeholders is not None:
+            self.placeholders.record(prompt, range(ids.shape[0]))
+        text = torch.cat([prompt, ids], dim=1)
+        with _eager_attention(self.model, self.attention):
+            output = self.model(pixel_values=images, input_ids=text, output_attentions=self.attention, **self.text_inputs(text))
+        steps = slice(len(self.prefix) - 1, len(self.prefix) - 1 + ids.shape[1])
+        attention = self.placeholders.attention(output.attentions, steps) if self.attention else None
+        return CaptionScores(output.logits[:, steps], attention)
 
     def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
         return self.generate_batch(images, beam_size)[0]
@@ -133,6 +304,7 @@ class LlavaAnswerScorer(BlipAnswerScorer):
     so padding never reaches a real token's row)."""
 
     prompt: LlavaPrompt | None = field(default=None, repr=False)
+    placeholders: ImageTokenRows | None = None  # recorded on each forward: a language-model layer's layout
 
     @property
     def pad_id(self) -> int:
@@ -181,6 +353,8 @@ class LlavaAnswerScorer(BlipAnswerScorer):
         attention = pad_ids([[1] * len(row) for row in rows], 0).to(device)
         scored = pad_ids(answer_masks, 0).to(device)
         image_rows = ids == self.prompt.image_token_id
+        if self.placeholders is not None:
+            self.placeholders.record(ids, owners)
         row_features = torch.stack([features[n] for n in owners]).to(self.model.dtype)
         embeds = self.model.get_input_embeddings()(ids)
         embeds = embeds.masked_scatter(image_rows[..., None], row_features)

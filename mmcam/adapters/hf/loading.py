@@ -292,27 +292,29 @@ def _llava_prompt(loaded: Loaded) -> Any:
 
 def _llava_captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
     """LLaVA: the caption follows the chat-template prompt (``instruction`` and the image)."""
-    from .llava import DEFAULT_INSTRUCTION, LlavaCaptioner, patch_tokens
+    from .llava import DEFAULT_INSTRUCTION, LlavaCaptioner, image_rows, layer_layout
 
     prompt = _llava_prompt(loaded)
     config, generation = loaded.model.config, loaded.model.generation_config
+    rows = image_rows(prompt, loaded.model)
     scorer = LlavaCaptioner(
-        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, patch_tokens(prompt, loaded.model),
+        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, layer_layout(prompt, loaded.model, layer, rows),
         prefix=prompt.ids(instruction or DEFAULT_INSTRUCTION),
-        end_ids=_end_ids(generation.eos_token_id, config.text_config.eos_token_id),
+        end_ids=_end_ids(generation.eos_token_id, config.text_config.eos_token_id), placeholders=rows,
     )
     return CaptionAdapter(scorer)
 
 
 def _llava_answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     """LLaVA VQA: the question in the chat-template prompt; y^c = log p(answer + end | prompt)."""
-    from .llava import LlavaAnswerScorer, patch_tokens
+    from .llava import LlavaAnswerScorer, image_rows, layer_layout
 
     prompt = _llava_prompt(loaded)
     config, generation = loaded.model.config, loaded.model.generation_config
+    rows = image_rows(prompt, loaded.model)
     scorer = LlavaAnswerScorer(
         loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer,
-        embedding_layer=None, reshape=patch_tokens(prompt, loaded.model), prompt=prompt,
+        embedding_layer=None, reshape=layer_layout(prompt, loaded.model, layer, rows), prompt=prompt, placeholders=rows,
         end_id=_first_id("eos_token_id", *_end_ids(generation.eos_token_id, config.text_config.eos_token_id)[:1]),
     )
     return GenerativeVQAAdapter(scorer)
