@@ -72,7 +72,7 @@ def test_the_prompt_is_the_processors_own(captioner, answerer) -> None:
     processor = _processor()
     expected = processor(images=Image.open(llava_image("wide")), text=DEFAULT_INSTRUCTION)
     scorer = captioner.scorer
-    assert scorer.prompt_ids == tuple(expected["input_ids"][0]) and scorer.qformer_ids == tuple(expected["qformer_input_ids"][0])
+    assert scorer.prompt_ids == tuple(expected["input_ids"][0]) and scorer.extra_ids["qformer_input_ids"] == tuple(expected["qformer_input_ids"][0])
     image_id = scorer.model.config.image_token_id
     assert scorer.prompt_ids[:QUERY_TOKENS] == (image_id,) * QUERY_TOKENS and scorer.prompt_ids.count(image_id) == QUERY_TOKENS
     bos = processor.tokenizer.bos_token_id
@@ -94,7 +94,7 @@ def test_teacher_forced_scores_equal_generate(captioner, shape: str) -> None:
     pixels = _pixels(captioner, shape)
     with torch.no_grad():
         generated = scorer.model.generate(
-            pixel_values=pixels, qformer_input_ids=torch.tensor([scorer.qformer_ids]), input_ids=torch.tensor([scorer.prompt_ids]),
+            pixel_values=pixels, qformer_input_ids=torch.tensor([scorer.extra_ids["qformer_input_ids"]]), input_ids=torch.tensor([scorer.prompt_ids]),
             max_new_tokens=scorer.max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True,
         )
         tokens = scorer.caption_of(generated.sequences[0].tolist())
@@ -226,7 +226,7 @@ def test_the_instruction_is_an_option() -> None:
     captioner = mmcam.load(f"hf:{saved_instructblip()}?instruction=Say%20what%20you%20see.")
     expected = _processor()(images=Image.open(llava_image("square")), text="Say what you see.")
     assert captioner.scorer.prefix == tuple(expected["input_ids"][0])
-    assert captioner.scorer.qformer_ids == tuple(expected["qformer_input_ids"][0])
+    assert captioner.scorer.extra_ids["qformer_input_ids"] == tuple(expected["qformer_input_ids"][0])
 
 
 def test_a_processor_without_query_tokens_is_refused(tmp_path) -> None:

@@ -29,12 +29,11 @@ from torch import Tensor, nn
 
 from ...core.hooks import eval_mode
 from ...errors import InputError
-from ...targets import CaptionScores
-from ..captioning import CaptionAdapter, CaptionTokens
+from ..captioning import CaptionAdapter
 from ..vqa import QuestionTokens
-from .captioning import TransformersCaptioner
 from .layout import PatchTokens
 from .preprocess import ImageSettings
+from .prompted import PromptedCaptioner
 from .vqa import BlipAnswerScorer, Candidate, GenerativeVQAAdapter, pad_ids
 from .words import encode_words
 
@@ -125,60 +124,17 @@ def _decoder_start(loaded: Loaded) -> int | None:
     return _first_id("text_config.decoder_start_token_id", generation.decoder_start_token_id, text.decoder_start_token_id)
 
 
-@dataclass
-class InstructBlipCaptioner(TransformersCaptioner):
-    """A :class:`TransformersCaptioner` whose model also reads ``qformer_ids`` (the
-    instruction, for the Q-Former) and ``prompt_ids`` (image placeholders and instruction, for
-    the language model). Decoder-only: the prefix is the prompt; encoder-decoder: the encoder
-    reads the prompt and the prefix is the decoder start token."""
-
-    prompt_ids: tuple[int, ...] = ()
-    qformer_ids: tuple[int, ...] = ()
-
-    def _prompt_inputs(self, count: int, device: torch.device) -> dict[str, Tensor]:
-        """The instruction's inputs for ``count`` images: Q-Former ids, and for an
-        encoder-decoder, the encoder's prompt ids (a decoder-only model's are the prefix)."""
-        inputs = {"qformer_input_ids": torch.tensor([self.qformer_ids], device=device).expand(count, -1)}
-        if self.text_argument == "decoder_input_ids":
-            inputs["input_ids"] = torch.tensor([self.prompt_ids], device=device).expand(count, -1)
-        return inputs
-
-    def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
-        """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L): row t scores ids[:, t]."""
-        prefix = torch.tensor(self.prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
-        text = torch.cat([prefix, ids], dim=1)
-        inputs = self._prompt_inputs(ids.shape[0], ids.device)
-        logits = self.model(pixel_values=images, **inputs, **{self.text_argument: text}).logits
-        first = len(self.prefix) - 1
-        return CaptionScores(logits[:, first : first + ids.shape[1]])
-
-    def generate(self, images: Tensor, beam_size: int) -> CaptionTokens:
-        return self.generate_batch(images, beam_size)[0]
-
-    def generate_batch(self, images: Tensor, beam_size: int) -> list[CaptionTokens]:
-        """Captions of images (N, C, h, w): one ``generate`` call from the shared prompt (its
-        output begins with the prefix: the prompt, or the decoder start token)."""
-        prompt = torch.tensor([self.prompt_ids], device=images.device).expand(images.shape[0], -1)
-        qformer = self._prompt_inputs(images.shape[0], images.device)["qformer_input_ids"]
-        with torch.no_grad(), eval_mode(self.model):
-            sequences = self.model.generate(
-                pixel_values=images, qformer_input_ids=qformer, input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                num_beams=beam_size, do_sample=False, max_new_tokens=self.max_new_tokens,
-            )
-        return [self.caption_of(sequence.tolist()) for sequence in sequences]
-
-
 def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
     """InstructBLIP captions: the caption follows ``instruction`` (default
     :data:`DEFAULT_INSTRUCTION`), read by the Q-Former and the language model."""
     prompt = _prompt(loaded)
     prompt_ids, qformer_ids = prompt.ids(instruction or DEFAULT_INSTRUCTION)
     start = _decoder_start(loaded)
-    scorer = InstructBlipCaptioner(
+    scorer = PromptedCaptioner(
         loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, patch_layout(loaded, layer),
         prefix=prompt_ids if start is None else (start,), end_ids=(_end_id(loaded),),
         text_argument="input_ids" if start is None else "decoder_input_ids",
-        prompt_ids=prompt_ids, qformer_ids=qformer_ids,
+        prompt_ids=prompt_ids, extra_ids={"qformer_input_ids": qformer_ids},
     )
     return CaptionAdapter(scorer)
 
