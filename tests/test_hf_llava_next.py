@@ -133,6 +133,33 @@ def test_the_projector_layout_is_the_models_own_packing(shape: str) -> None:
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
+def test_a_language_model_layer_is_laid_out_on_the_grid_it_reads(variant: str, shape: str) -> None:
+    """At language-model layer 0, the layout reads the layer's input at the image placeholders
+    as the grid the model packs there (OneVision's shrunk grid), base view and newlines dropped."""
+    adapter = mmcam.load(f"hf:{saved_llava_next(variant)}", layer="model.language_model.layers.0")
+    scorer = adapter.scorer
+    model, pixels = scorer.model, _pixels(adapter, llava_image(shape))
+    seen = {}
+
+    def keep_input(module, args, kwargs):
+        seen["states"] = args[0] if args else kwargs["hidden_states"]
+
+    with torch.no_grad():
+        packed = model.model.get_image_features(**scorer.model_images(pixels)).pooler_output[0]
+        handle = model.model.language_model.layers[0].register_forward_pre_hook(keep_input, with_kwargs=True)
+        try:
+            scorer.score(pixels, torch.tensor([scorer.tokenize("a red circle").ids]))
+        finally:
+            handle.remove()
+    rows, columns = READ[variant][shape]
+    grid = scorer.reshape(seen["states"])[0]
+    laid = packed[BASE_TOKENS:].reshape(rows, columns + 1, -1)[:, :columns]
+    torch.testing.assert_close(grid.permute(1, 2, 0), laid, atol=0, rtol=0)
+    explanation = adapter.explain(llava_image(shape), "a red circle", guided=False)
+    assert explanation.grid_maps.shape == (3, rows, columns) and np.abs(explanation.grid_maps).max() > 0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
 def test_teacher_forced_scores_equal_generate(captioners, variant: str, shape: str) -> None:
     captioner = captioners[variant]
     scorer = captioner.scorer
@@ -228,11 +255,26 @@ def test_answer_score_is_log_p_of_answer_and_end(variant: str) -> None:
     assert generated_answer.labels[0] == generated_answer.info["answer"]
 
 
+def test_answers_at_a_language_model_layer_at_once_equal_each_alone(variant: str) -> None:
+    """Each candidate answer is its own row of the language model; an answer's map reads its
+    own row, so it is the same beside another candidate as alone."""
+    answerer = mmcam.load(f"hf:{saved_llava_next(variant)}?task=vqa", layer="model.language_model.layers.0")
+    both = answerer.explain(llava_image("square"), QUESTION, ["red", "blue square"], guided=False)
+    assert both.grid_maps.shape == (2, *READ[variant]["square"]) and np.abs(both.grid_maps).max() > 0
+    for k, answer in enumerate(["red", "blue square"]):
+        alone = answerer.explain(llava_image("square"), QUESTION, [answer], guided=False)
+        np.testing.assert_allclose(alone.grid_maps[0], both.grid_maps[k], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(alone.scores[0], both.scores[k], atol=1e-5)
+
+
 def test_clear_errors(processors) -> None:
     from mmcam.adapters.hf.llava_next_views import AnyresViews
 
     with pytest.raises(InputError, match="no chat template"):
         mmcam.load(f"hf:{saved_llava_next('next-no-template')}")
+    for layer in ("model.language_model.layers.1", "lm_head"):  # the last layer reaches no scored token
+        with pytest.raises(InputError, match="holds no image tokens on the tile grid"):
+            mmcam.load(f"hf:{saved_llava_next('next')}", layer=layer)
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(saved_llava_next("next"))

@@ -18,14 +18,20 @@ differs is the image: the processor tiles each image by its size (the best of it
   original image. The base view's tokens and their gradients are discarded, so the map shows
   where in the tiles the score depends on the layer, not what it draws from the base view.
 
-Layer choices (``--layer``): the vision tower block the language model reads,
-``model.vision_tower.encoder.layers.K`` with K from ``vision_feature_layer`` (default; any other
-tower block works alike), or the projector's output, ``model.multi_modal_projector`` (the image
-tokens the language model reads, before unpadding and the newline tokens). OneVision's
-``anyres_max_K`` shrinks the unpadded grid bilinearly for the language model when it has more
-than about K tiles' worth of patches; both layers lie before that, so their maps are at the
-full unpadded grid. Images of different sizes are explained in separate passes (one prompt per
-size).
+Layer choices (``--layer``):
+
+- the vision tower block the language model reads, ``model.vision_tower.encoder.layers.K`` with
+  K from ``vision_feature_layer`` (default; any other tower block works alike);
+- the projector's output, ``model.multi_modal_projector``: the image tokens the language model
+  reads, before unpadding and the newline tokens;
+- language-model layer K's hidden states at the image placeholders,
+  ``model.language_model.layers.K`` (K below the last), laid out on the grid the language model
+  reads (:class:`~.llava_next_views.LanguageTokens`; base view and newline tokens dropped).
+
+OneVision's ``anyres_max_K`` shrinks the unpadded grid bilinearly for the language model when
+it holds more than about K tiles' worth of patches: the tower and projector maps are at the full
+unpadded grid (they lie before the shrink), a language-model layer's at the shrunk one. Images
+of different sizes are explained in separate passes (one prompt per size).
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ...core import resolve_layer
 from ...core.hooks import eval_mode
 from ...errors import InputError
 from ...targets import CaptionScores
 from ..captioning import CaptionAdapter, CaptionTokens
 from ..vqa import QuestionTokens
-from .llava import DEFAULT_INSTRUCTION, LlavaAnswerScorer, LlavaCaptioner, LlavaPrompt, tower_layer
-from .llava_next_views import AnyresViews, TileLayout
+from .llava import DEFAULT_INSTRUCTION, LANGUAGE_MODEL, PROJECTOR, TOWER, LlavaAnswerScorer, LlavaCaptioner, LlavaPrompt, tower_layer
+from .llava_next_views import AnyresViews, LanguageTokens, TileLayout
 from .loading import Loaded, _end_ids, _first_id, processor_of
 from .vqa import Candidate, GenerativeVQAAdapter, pad_ids
 
@@ -100,7 +107,7 @@ class _Anyres:
 
     views: AnyresViews | None = field(default=None, repr=False)
     prompts: AnyresPrompt | None = field(default=None, repr=False)
-    layout: TileLayout | None = field(default=None, repr=False)
+    layout: TileLayout | LanguageTokens | None = field(default=None, repr=False)
 
     def preprocess(self, pixels: np.ndarray) -> Tensor:
         """RGB uint8 (H, W, 3) -> the normalised image at its own size (3, H, W)."""
@@ -125,6 +132,7 @@ class AnyresCaptioner(_Anyres, LlavaCaptioner):
         inputs = self.model_images(images)
         prefix = self.prompts.expand(self.prefix, images.shape[-2:])
         prompt = torch.tensor(prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
+        self.layout.record(prompt, range(ids.shape[0]))
         logits = self.model(input_ids=torch.cat([prompt, ids], dim=1), **inputs).logits
         first = len(prefix) - 1
         return CaptionScores(logits[:, first : first + ids.shape[1]])
@@ -198,8 +206,30 @@ def _parts(loaded: Loaded, layer: str) -> dict[str, Any]:
     processor = processor_of(loaded)
     views = AnyresViews.from_processor(processor.image_processor, loaded.model.config, loaded.name)
     prompts = AnyresPrompt(LlavaPrompt(processor, views.settings, loaded.name))
-    layout = TileLayout(loaded.model, layer)
-    return {"views": views, "prompts": prompts, "layout": layout}
+    return {"views": views, "prompts": prompts, "layout": _layout(loaded.model, layer, prompts)}
+
+
+def _layout(model: nn.Module, layer: str, prompts: AnyresPrompt) -> TileLayout | LanguageTokens:
+    """The layout of ``layer``: a vision tower block's or the projector's tokens of the tiles, or
+    a language-model layer's (but the last's) states at the image placeholders; InputError for
+    any other layer."""
+    name, module = resolve_layer(model, layer)
+    tiles = TileLayout(model, name)
+    if any(_holds(model.get_submodule(part), module) for part in (TOWER, PROJECTOR)):
+        return tiles
+    blocks = model.get_submodule(LANGUAGE_MODEL).layers
+    if any(_holds(block, module) for block in blocks[:-1]):
+        return LanguageTokens(tiles, model.config, prompts.image_token_id, prompts.count)
+    raise InputError(
+        f"layer {name!r} holds no image tokens on the tile grid; choose a vision tower block "
+        f"({TOWER}.encoder.layers.K), the projector ({PROJECTOR}) or a language-model layer "
+        f"{LANGUAGE_MODEL}.layers.K with K < {len(blocks) - 1} (the last one's states at the image "
+        "tokens reach no scored token)"
+    )
+
+
+def _holds(container: nn.Module, module: nn.Module) -> bool:
+    return any(module is part for part in container.modules())
 
 
 def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
@@ -221,6 +251,7 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     scorer = AnyresAnswerScorer(
         loaded.model, loaded.tokenizer, parts["views"].settings, None, name=loaded.name, layer=layer,
         embedding_layer=None, reshape=parts["layout"], prompt=parts["prompts"].prompt,
+        placeholders=parts["layout"] if isinstance(parts["layout"], LanguageTokens) else None,
         end_id=_first_id("eos_token_id", *_end_ids(generation.eos_token_id, config.text_config.eos_token_id)[:1]),
         **parts,
     )

@@ -24,8 +24,10 @@ what the score draws from the low-resolution base view is not in the map.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +179,9 @@ class TileLayout:
         """Lay out the next tokens as ``count`` images tiled by ``tiling``."""
         self._local.last = (tiling, count)
 
+    def record(self, ids: Tensor, owners: Sequence[int]) -> None:
+        """Nothing to record: the vision tokens' layout depends on the tiling only."""
+
     def _last(self) -> tuple[Tiling, int]:
         last = getattr(self._local, "last", None)
         if last is None:
@@ -222,6 +227,66 @@ class TileLayout:
         grid = grid.reshape(count * targets * channels, rows * p, columns * p)
         unpadded = self._unpad(grid, list(tiling.size))
         return unpadded.reshape(count, targets, channels, *unpadded.shape[1:])
+
+
+class LanguageTokens:
+    """Reshape for a language-model layer's hidden states (R, L, C) of LLaVA-NeXT / OneVision:
+    each row's image placeholders hold the base view's tokens, then the rows of the grid the
+    language model reads, each closed by a newline token; the grid's cells are laid out on (h, w)
+    (the base view's tokens and the newlines are dropped, with their gradients). That grid is the
+    stitched, unpadded tile grid of :class:`TileLayout`, or, where OneVision's ``anyres_max_K``
+    shrinks it for the language model, the shrunk grid the model reads. Rows per image, the
+    first row's activations and the sum of the rows' gradients: see
+    :class:`~mmcam.adapters.hf.llava.ImageTokenRows`, made per image size."""
+
+    def __init__(self, tiles: TileLayout, config: Any, image_token_id: int, count: Callable[[tuple[int, int]], int]) -> None:
+        self._tiles = tiles
+        aspect = getattr(config, "vision_aspect_ratio", None)
+        self._max_patches = int(aspect.removeprefix("anyres_max_")) if aspect else None
+        self._image_token_id = image_token_id
+        self._count = count
+        self._local = threading.local()
+
+    def use(self, tiling: Tiling, count: int) -> None:
+        """Lay out the next forward's placeholders for images tiled by ``tiling``."""
+        from .llava import ImageTokenRows
+
+        height, width = self.grid(tiling)
+        base = self._count(tiling.size) - height * (width + 1)
+        self._local.rows = ImageTokenRows(self._image_token_id, (height, width + 1), drop=base), width
+
+    def grid(self, tiling: Tiling) -> tuple[int, int]:
+        """(h, w) of the grid the language model reads for an image tiled by ``tiling``."""
+        height, width = self._tiles.grid(tiling)
+        if self._max_patches is not None:  # OneVision's pack_image_features: shrink past ~K tiles
+            ratio = math.sqrt(height * width / (self._max_patches * self._tiles.patches**2))
+            if ratio > 1.1:
+                height, width = int(height // ratio), int(width // ratio)
+        return height, width
+
+    def record(self, ids: Tensor, owners: Sequence[int]) -> None:
+        """The rows ``ids`` (R, L') the language model reads next, ``owners[r]`` row r's image."""
+        self._rows()[0].record(ids, owners)
+
+    def _rows(self) -> tuple[Any, int]:
+        rows = getattr(self._local, "rows", None)
+        if rows is None:
+            raise RuntimeError("LanguageTokens read tokens before any forward pass on this thread")
+        return rows
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        """(R, L, C) -> (N, C, h, w)."""
+        rows, width = self._rows()
+        return rows(activations)[..., :width]
+
+    def gradients(self, gradients: Tensor) -> Tensor:
+        """(T, R, L, C) -> (N, T, C, h, w)."""
+        rows, width = self._rows()
+        return rows.gradients(gradients)[..., :width]
+
+    def describe(self) -> str:
+        rows, width = self._rows()
+        return f"language-model tokens {rows.grid[0]}x{width} at the image placeholders (base view and newlines dropped)"
 
 
 def _side(size: Any, key: str) -> int | None:
