@@ -88,7 +88,7 @@ def test_pixels_and_prompt_are_the_processors_own(captioner, answerer, processor
     assert prompt.count(image_id) == (rows * cols + 1) * IMAGE_SEQ_LEN
     question = answerer.scorer.tokenize(QUESTION)
     asked = processor(images=_image(shape), text=_rendered(processor, QUESTION))["input_ids"][0]
-    expanded = answerer.scorer._expanded(pixels, answerer.scorer.collate([question]))
+    expanded = answerer.scorer.prompt_ids(pixels, answerer.scorer.collate([question]))
     assert tuple(expanded[0].tolist()) == tuple(asked) and question.words == ("what", "color", "is", "the", "circle")
 
 
@@ -145,39 +145,74 @@ def test_every_word_at_once_equals_each_word_alone(captioner) -> None:
     assert_unchanged(before, full_state(model))
 
 
-@pytest.mark.parametrize("shape", ["wide", "tall"])
-def test_a_score_that_reads_one_patch_lights_up_that_place(captioner, shape: str) -> None:
+@pytest.mark.parametrize(("shape", "layer"), [("wide", "tower"), ("tall", "tower"), ("wide", "connector")])
+def test_a_score_that_reads_one_patch_lights_up_that_place(family, captioner, shape: str, layer: str) -> None:
     """The connector's output is zeroed for every image token but token (0, 1) of tile (1, 1) (of
-    2x3 or 3x2 tiles): the words' scores then depend on the vision tower's output at that token's
-    2x2 patches only (the pixel shuffle's block), so HiResCAM is 0 at every other cell of the
-    stitched grid, and the full-size map peaks at those patches' place in the original image."""
-    model = captioner.scorer.model
+    2x3 or 3x2 tiles). At the vision tower, the words' scores then depend on that token's 2x2
+    patches only (the pixel shuffle's block: rows 0-1, columns 2-3 of the tile's 4x4 patches);
+    at the connector, on that token (the tile's 2x2 grid, cell (0, 1)). HiResCAM is 0 at every
+    other cell of the stitched grid, and the full-size map peaks at that place in the original
+    image."""
+    adapter = captioner if layer == "tower" else mmcam.load(f"hf:{saved_idefics(family)}", layer="model.connector")
+    model = adapter.scorer.model
     rows, cols = (2, 3) if shape == "wide" else (3, 2)
     keep = torch.zeros(rows * cols + 1, IMAGE_SEQ_LEN, 1)
     keep[1 * cols + 1, 1] = 1.0
     handle = model.model.connector.register_forward_hook(lambda module, args, output: output * keep)
     try:
-        explanation = captioner.explain(llava_image(shape), CAPTION, method="hirescam", guided=False, contrast=False)
+        explanation = adapter.explain(llava_image(shape), CAPTION, method="hirescam", guided=False, contrast=False)
     finally:
         handle.remove()
-    side = TILE // PATCH
-    cells = (slice(side + 0, side + SCALE), slice(side + SCALE, side + 2 * SCALE))  # tile (1, 1), token (0, 1)
+    side = TILE // PATCH // (1 if layer == "tower" else SCALE)  # cells per tile side
+    block = SCALE if layer == "tower" else 1  # cells of the kept token
+    top, left = side, side + block  # tile (1, 1), token (0, 1)
+    cells = (slice(None), slice(top, top + block), slice(left, left + block))
+    assert explanation.grid_maps.shape[1:] == (rows * side, cols * side)
     both = np.abs(explanation.grid_maps) + np.abs(explanation.counterfactual_maps)
-    assert (both[(slice(None), *cells)] > 0).all(axis=(1, 2)).any()
-    both[(slice(None), *cells)] = 0
+    assert (both[cells] > 0).all(axis=(1, 2)).any()
+    both[cells] = 0
     assert not both.any()
-    strongest = int(np.argmax(explanation.grid_maps[(slice(None), *cells)].sum(axis=(1, 2))))
+    strongest = int(np.argmax(explanation.grid_maps[cells].sum(axis=(1, 2))))
     x, y = explanation.peak_xy(strongest)
     height, width = SHAPES[shape]
-    grid_h, grid_w = rows * side, cols * side
-    assert side * height / grid_h <= y < (side + SCALE) * height / grid_h
-    assert (side + SCALE) * width / grid_w <= x < (side + 2 * SCALE) * width / grid_w
+    assert top * height / (rows * side) <= y < (top + block) * height / (rows * side)
+    assert left * width / (cols * side) <= x < (left + block) * width / (cols * side)
+
+
+def test_a_language_model_layer_maps_its_image_tokens_on_the_tiles() -> None:
+    """At ``model.text_model.layers.0`` the activations are that layer's hidden states at the
+    image-token positions (as ``output_hidden_states`` gives them), tile by tile on the
+    connector's grid; a VQA item's candidate rows share them, and its answers' maps (gradients
+    summed over its rows) equal each answer's alone, in a minibatch too."""
+    folder = saved_idefics("idefics3")
+    captioner = mmcam.load(f"hf:{folder}", layer="model.text_model.layers.0")
+    run = captioner.run(llava_image("wide"), CAPTION, guided=False, contrast=False)
+    scorer = captioner.scorer
+    pixels = _pixels(captioner, "wide")
+    prefix = scorer.prompt_ids(pixels)
+    with torch.no_grad():
+        hidden = scorer.model(
+            input_ids=torch.tensor([prefix + run.tokens.ids]), **scorer.views.inputs(pixels), output_hidden_states=True
+        ).hidden_states[1][0]
+    image = [position for position, token in enumerate(prefix) if token == scorer.prompt.image_token_id]
+    tiles = hidden[image].reshape(2 * 3 + 1, 2, 2, -1)[:-1]  # (6 tiles, 2, 2, D), global view dropped
+    expected = tiles.reshape(2, 3, 2, 2, -1).permute(4, 0, 2, 1, 3).reshape(-1, 4, 6)
+    torch.testing.assert_close(run.record.activations[0], expected, atol=1e-6, rtol=0)
+    assert run.record.layout == "language-model tokens at the image positions: tiles 2x3 of 2x2 tokens stitched to 4x6, global view left out"
+    answerer = mmcam.load(f"hf:{folder}?task=vqa", layer="model.text_model.layers.0")
+    questions, answers = [QUESTION, "is there a red square?"], [["red", "blue"], ["yes", "no"]]
+    both = answerer.explain_batch([llava_image("tall")] * 2, questions, answers, guided=False)
+    assert both[0].grid_maps.shape == (2, 6, 4) and np.abs(both[1].grid_maps).max() > 0
+    for n in range(2):
+        for k, answer in enumerate(answers[n]):
+            alone = answerer.explain(llava_image("tall"), questions[n], [answer], guided=False)
+            np.testing.assert_allclose(alone.grid_maps[0], both[n].grid_maps[k], atol=1e-5, rtol=0)
 
 
 def test_answer_score_is_log_p_of_answer_and_end(answerer) -> None:
     scorer = answerer.scorer
     pixels = _pixels(answerer, "tall")
-    question = scorer._expanded(pixels, scorer.collate([scorer.tokenize(QUESTION)]))
+    question = scorer.prompt_ids(pixels, scorer.collate([scorer.tokenize(QUESTION)]))
     with torch.no_grad():
         generated = scorer.model.generate(
             input_ids=question, **scorer.views.inputs(pixels), max_new_tokens=3, min_new_tokens=3, do_sample=False,
@@ -226,10 +261,21 @@ def test_one_view_without_splitting() -> None:
 
 
 def test_clear_errors() -> None:
+    from transformers import Idefics3ImageProcessor, Idefics3Processor
+
+    from mmcam.adapters.hf.idefics import IdeficsPrompt
+    from vlm_fixtures import llava_tokenizer
+    from vlm_idefics_fixtures import TEMPLATE
+
     with pytest.raises(InputError, match="no chat template"):
         mmcam.load(f"hf:{saved_idefics('smolvlm', 'no-template')}")
+    with pytest.raises(InputError, match="expands an image to 5 tokens per view, but the model reads 4"):
+        mmcam.load(f"hf:{saved_idefics('idefics3', 'seq-len')}")
+    without_tiles = Idefics3Processor(Idefics3ImageProcessor(), llava_tokenizer(), chat_template=TEMPLATE)
+    with pytest.raises(InputError, match="lacks the image token.* <global-img>"):
+        IdeficsPrompt(without_tiles, "tiny")
+    adapter = mmcam.load(f"hf:{saved_idefics('idefics3')}")
     with pytest.raises(InputError, match="no whole number of 16-pixel tiles"):
-        adapter = mmcam.load(f"hf:{saved_idefics('idefics3')}")
         adapter.scorer.score(torch.zeros(1, 3, 20, 32), torch.tensor([[5]]))
 
 

@@ -55,10 +55,13 @@ def idefics_tokenizer():
     )
 
 
-def build_idefics(folder: Path, family: str = "idefics3", *, template: bool = True, splitting: bool = True) -> None:
+def build_idefics(
+    folder: Path, family: str = "idefics3", *, template: bool = True, splitting: bool = True, seq_len: int = IMAGE_SEQ_LEN
+) -> None:
     """A random tiny Idefics3 (``family="idefics3"``) or SmolVLM (``"smolvlm"``) and its processor
     in ``folder``; ``template=False`` saves no chat template, ``splitting=False`` an image
-    processor that squashes every image to one tile."""
+    processor that squashes every image to one tile, ``seq_len`` the processor's image tokens
+    per view (the model reads ``IMAGE_SEQ_LEN``)."""
     import transformers
     from transformers import Idefics3VisionConfig, LlamaConfig
 
@@ -71,7 +74,7 @@ def build_idefics(folder: Path, family: str = "idefics3", *, template: bool = Tr
     if family == "smolvlm":
         parts["video_processor"] = transformers.SmolVLMVideoProcessor(max_image_size={"longest_edge": TILE})
     processor = getattr(transformers, f"{name}Processor")(
-        **parts, image_seq_len=IMAGE_SEQ_LEN, chat_template=TEMPLATE if template else None,
+        **parts, image_seq_len=seq_len, chat_template=TEMPLATE if template else None,
     )
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIALS}
     vision = Idefics3VisionConfig(
@@ -103,7 +106,11 @@ def build_idefics(folder: Path, family: str = "idefics3", *, template: bool = Tr
 
 @functools.cache
 def saved_idefics(family: str = "idefics3", variant: str = "default") -> Path:
-    """The folder of a tiny ``family`` checkpoint: ``default``, ``no-template`` or ``no-splitting``."""
+    """The folder of a tiny ``family`` checkpoint: ``default``, ``no-template``, ``no-splitting``
+    or ``seq-len`` (a processor expanding each view to one image token too many)."""
     folder = _ROOT / f"{family}-{variant}"
-    build_idefics(folder, family, template=variant != "no-template", splitting=variant != "no-splitting")
+    build_idefics(
+        folder, family, template=variant != "no-template", splitting=variant != "no-splitting",
+        seq_len=IMAGE_SEQ_LEN + (variant == "seq-len"),
+    )
     return folder

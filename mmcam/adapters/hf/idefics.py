@@ -22,9 +22,12 @@ Layers, each a ``--layer`` choice:
   side;
 - ``model.connector`` (the projector): the image tokens the language model reads, after the
   pixel shuffle (``scale_factor``: one token per s x s patches, row by row over the tile's
-  coarser grid), tile / patch / s per tile side.
+  coarser grid), tile / patch / s per tile side;
+- ``model.text_model.layers.K`` (any module under ``model.text_model``): language-model layer
+  K's hidden states at the image-token positions, on the connector's grid
+  (:class:`~mmcam.adapters.hf.idefics_tiles.LanguageTokenGrid`).
 
-Either way each tile's tokens are stitched into one grid over the whole image at the tile's
+Each way, each tile's tokens are stitched into one grid over the whole image at the tile's
 place (:class:`~mmcam.adapters.hf.idefics_tiles.TileGrid`): the map covers the whole original
 image, which the processor resized whole (no crop), and is stretched back onto it. The global
 view's tokens are left out of the map: it explains the score's dependence through the tiles.
@@ -46,13 +49,14 @@ from ...core.hooks import eval_mode
 from ...errors import InputError
 from ...targets import CaptionScores
 from ..captioning import CaptionAdapter, CaptionTokens
-from .idefics_tiles import TileGrid, Tiling
+from .idefics_tiles import LanguageTokenGrid, TileGrid, Tiling
 from .llava import DEFAULT_INSTRUCTION, LlavaAnswerScorer, LlavaCaptioner
 from .loading import Loaded, _end_ids, _first_id, processor_of
-from .vqa import GenerativeVQAAdapter, pad_ids
+from .vqa import Candidate, GenerativeVQAAdapter, pad_ids
 
 TOWER_LAYERS = "model.vision_model.encoder.layers"
 CONNECTOR = "model.connector"
+LANGUAGE_MODEL = "model.text_model"
 _NAMED_TOKEN = re.compile(r"<[^<>\s]+>")
 
 
@@ -111,11 +115,25 @@ class IdeficsPrompt:
 
 
 @dataclass
-class _Views:
-    """The model's image inputs from preprocessed images, recording the tile layout for the map."""
+class ImageViews:
+    """The model's image inputs from preprocessed images (:class:`Tiling`), recording each
+    pass's tile layout in the map's :class:`TileGrid` and, for a language-model layer, its
+    rows' image-token positions in ``language``."""
 
     tiling: Tiling
     grid: TileGrid
+    language: LanguageTokenGrid | None = None
+
+    @property
+    def reshape(self) -> TileGrid | LanguageTokenGrid:
+        """How the hooked layer's output becomes the map's grid."""
+        return self.grid if self.language is None else self.language
+
+    def rows(self, prompts: Sequence[Sequence[int]], owners: Sequence[int], image_id: int) -> None:
+        """The language model's rows of the coming pass: row r begins with ``prompts[owners[r]]``."""
+        if self.language is not None:
+            positions = [[p for p, token in enumerate(prompt) if token == image_id] for prompt in prompts]
+            self.language.record([positions[n] for n in owners], list(owners))
 
     def inputs(self, images: Tensor) -> dict[str, Tensor]:
         """``pixel_values`` (N, F, C, M, M) and ``pixel_attention_mask`` (N, F, M, M) of images
@@ -133,7 +151,7 @@ class IdeficsCaptioner(LlavaCaptioner):
     precedes the caption; ``prefix`` is empty because the prompt depends on the image."""
 
     prompt: IdeficsPrompt | None = field(default=None, repr=False)
-    views: _Views | None = field(default=None, repr=False)
+    views: ImageViews | None = field(default=None, repr=False)
     instruction_ids: tuple[int, ...] = ()
 
     def preprocess(self, pixels: Any) -> Tensor:
@@ -164,6 +182,7 @@ class IdeficsCaptioner(LlavaCaptioner):
         """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L) after the prompt."""
         prefix = self.prompt_ids(images)
         prompt = torch.tensor(prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
+        self.views.rows([prefix] * ids.shape[0], range(ids.shape[0]), self.prompt.image_token_id)
         logits = self.model(input_ids=torch.cat([prompt, ids], dim=1), **self.views.inputs(images)).logits
         first = len(prefix) - 1
         return CaptionScores(logits[:, first : first + ids.shape[1]])
@@ -174,22 +193,27 @@ class IdeficsAnswerScorer(LlavaAnswerScorer):
     """:class:`LlavaAnswerScorer` on tiles: question ids carry the prompt with one image token,
     expanded for the images' tiles before the model reads them."""
 
-    views: _Views | None = field(default=None, repr=False)
+    views: ImageViews | None = field(default=None, repr=False)
 
     def preprocess(self, pixels: Any) -> Tensor:
         return self.views.tiling.preprocess(pixels)
 
-    def _expanded(self, images: Tensor, question_ids: Tensor) -> Tensor:
+    def prompt_ids(self, images: Tensor, question_ids: Tensor) -> Tensor:
+        """Question ids (N, L) with one image token -> (N, L') expanded for the images' tiles."""
         layout = self.views.tiling.layout(images)
         prompts = [self.prompt.expand(prompt[0].tolist(), *layout) for prompt in self._unpadded(question_ids)]
         return pad_ids(prompts, self.pad_id).to(question_ids.device)
 
-    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
         views = self.views.inputs(images)["pixel_values"]
-        return super().generate_answers(views, self._expanded(images, question_ids), count)
+        return super().generate_answers(views, self.prompt_ids(images, question_ids), count)
 
     def score(self, images: Tensor, question_ids: Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> Tensor:
-        return super().score(images, self._expanded(images, question_ids), candidates)
+        expanded = self.prompt_ids(images, question_ids)
+        prompts = [prompt[0].tolist() for prompt in self._unpadded(expanded)]
+        owners = [n for n, items in enumerate(candidates) for _ in items]  # the rows :meth:`LlavaAnswerScorer.score` reads
+        self.views.rows(prompts, owners, self.prompt.image_token_id)
+        return super().score(images, expanded, candidates)
 
     def image_features(self, images: Tensor) -> Tensor:
         """(N, (rows * cols + 1) * image_seq_len, C): the connector's tokens of each image's views."""
@@ -202,7 +226,7 @@ def default_layer(model: nn.Module) -> str:
     return f"{TOWER_LAYERS}.{len(model.get_submodule(TOWER_LAYERS)) - 1}"
 
 
-def _parts(loaded: Loaded) -> tuple[IdeficsPrompt, _Views, tuple[int, ...]]:
+def _parts(loaded: Loaded, layer: str) -> tuple[IdeficsPrompt, ImageViews, tuple[int, ...]]:
     processor = processor_of(loaded)
     prompt = IdeficsPrompt(processor, loaded.name)
     expected = int(getattr(loaded.model.model, "image_seq_len", processor.image_seq_len))
@@ -213,14 +237,19 @@ def _parts(loaded: Loaded) -> tuple[IdeficsPrompt, _Views, tuple[int, ...]]:
         )
     config, generation = loaded.model.config, loaded.model.generation_config
     ends = _end_ids(generation.eos_token_id, config.text_config.eos_token_id)
-    return prompt, _Views(Tiling.from_processor(processor.image_processor, loaded.name), TileGrid()), ends
+    tiling = Tiling.from_processor(processor.image_processor, loaded.name)
+    side = tiling.tile // loaded.model.config.vision_config.patch_size  # the vision tower's patches per tile side
+    coarse = layer == CONNECTOR or layer.startswith((f"{CONNECTOR}.", f"{LANGUAGE_MODEL}."))
+    grid = TileGrid(side // loaded.model.config.scale_factor if coarse else side)
+    language = LanguageTokenGrid(grid) if layer.startswith(f"{LANGUAGE_MODEL}.") else None
+    return prompt, ImageViews(tiling, grid, language), ends
 
 
 def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
     """Idefics3 / SmolVLM captioning: the caption follows the chat-template prompt."""
-    prompt, views, ends = _parts(loaded)
+    prompt, views, ends = _parts(loaded, layer)
     scorer = IdeficsCaptioner(
-        loaded.name, loaded.model, prompt.processor.tokenizer, views.tiling.normalise, layer, views.grid,
+        loaded.name, loaded.model, prompt.processor.tokenizer, views.tiling.normalise, layer, views.reshape,
         prefix=(), end_ids=ends, prompt=prompt, views=views,
         instruction_ids=prompt.ids(instruction or DEFAULT_INSTRUCTION),
     )
@@ -229,10 +258,10 @@ def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> Cap
 
 def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     """Idefics3 / SmolVLM VQA: the question in the chat-template prompt; y^c = log p(answer + end)."""
-    prompt, views, ends = _parts(loaded)
+    prompt, views, ends = _parts(loaded, layer)
     scorer = IdeficsAnswerScorer(
         loaded.model, prompt.processor.tokenizer, views.tiling.normalise, None, name=loaded.name, layer=layer,
-        embedding_layer=None, reshape=views.grid, prompt=prompt, views=views,
+        embedding_layer=None, reshape=views.reshape, prompt=prompt, views=views,
         end_id=_first_id("eos_token_id", *ends[:1]),
     )
     return GenerativeVQAAdapter(scorer)

@@ -203,24 +203,29 @@ class TileGrid:
     tiles' tokens (the part the global view carries is not shown); Guided Backprop, taken at the
     input image, follows both paths. A one-view image (no tiles) is its g x g grid.
 
-    ``g`` is read from the token count (the vision tower: tile / patch; the connector:
-    tile / patch / scale_factor after its pixel shuffle, whose tokens run row by row over the
-    coarser grid). The tile layout is the last forward pass's in the calling thread
+    ``side`` is g, the hooked layer's tokens per tile side (the vision tower: tile / patch; the
+    connector: tile / patch / scale_factor after its pixel shuffle, whose tokens run row by row
+    over the coarser grid). The tile layout is the last forward pass's in the calling thread
     (:meth:`record`), since it depends on the images' size.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, side: int) -> None:
+        self.side = side
         self._last = threading.local()
 
     def record(self, count: int, rows: int, cols: int) -> None:
         """The layout of the forward pass about to run: ``count`` images of rows x cols tiles."""
         self._last.layout = (count, rows, cols)
 
-    def _layout(self, views: int) -> tuple[int, int, int]:
+    def _layout_of_images(self) -> tuple[int, int, int]:
+        """(images, rows, cols) of the last forward pass in this thread."""
         layout = getattr(self._last, "layout", None)
         if layout is None:
             raise RuntimeError("no Idefics3 forward pass has run in this thread: the tile layout is unknown")
-        count, rows, cols = layout
+        return layout
+
+    def _layout(self, views: int) -> tuple[int, int, int]:
+        count, rows, cols = layout = self._layout_of_images()
         per_image = rows * cols + 1 if rows else 1
         if views != count * per_image:
             raise ValueError(
@@ -239,10 +244,12 @@ class TileGrid:
             raise ValueError(f"expected per-view tokens (N * F, g * g, C), got shape {tuple(gradients.shape[1:])}")
         targets, views, tokens, channels = gradients.shape
         count, rows, cols = self._layout(views)
-        side = math.isqrt(tokens)
-        self._last.side = side
+        side = self.side
         if side * side != tokens:
-            raise ValueError(f"{tokens} tokens per view form no square grid; hook the vision tower or the connector")
+            raise ValueError(
+                f"the hooked layer gives {tokens} tokens per view, not the {side}x{side} expected of it; hook a layer of "
+                "the vision tower, the connector or the language model"
+            )
         per_image = views // count
         grid = gradients.reshape(targets, count, per_image, tokens, channels)
         rows, cols = max(rows, 1), max(cols, 1)
@@ -252,10 +259,63 @@ class TileGrid:
 
     def describe(self) -> str:
         """``"tiles 2x3 of 4x4 tokens stitched to 8x12, global view left out"``."""
-        layout, side = getattr(self._last, "layout", None), getattr(self._last, "side", None)
-        if layout is None or side is None:
-            return "Idefics3 tiles"
+        layout, side = getattr(self._last, "layout", None), self.side
+        if layout is None:
+            return f"Idefics3 tiles of {side}x{side} tokens"
         _, rows, cols = layout
         if not rows:
             return f"one view of {side}x{side} tokens (no tiles)"
         return f"tiles {rows}x{cols} of {side}x{side} tokens stitched to {rows * side}x{cols * side}, global view left out"
+
+
+class LanguageTokenGrid:
+    """Reads a language-model layer's hidden states (R, L, D) at the image-token positions as the
+    connector's tiles, stitched by :class:`TileGrid` (global view left out).
+
+    The R rows are token sequences, each owned by one image (a caption per image; a VQA prompt
+    plus one candidate answer per row, several rows per image). An image's rows share its
+    prompt, and the image tokens lie inside it, so a causal model gives them the same hidden
+    states there: the activations are the first row's, and a target's gradient, which reaches
+    only its own row, is summed over the image's rows (the gradient with respect to the shared
+    value). Positions and owners are the last forward pass's in the calling thread
+    (:meth:`record`).
+    """
+
+    def __init__(self, tiles: TileGrid) -> None:
+        self.tiles = tiles
+        self._last = threading.local()
+
+    def record(self, positions: list[list[int]], owners: list[int]) -> None:
+        """Row r holds its image's tokens at ``positions[r]`` and belongs to image ``owners[r]``."""
+        self._last.rows = (positions, owners)
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        """(R, L, D) -> (N, D, rows * g, cols * g), g the connector's tokens per tile side."""
+        positions, owners = self._rows(activations.shape[0])
+        first = [owners.index(n) for n in range(max(owners) + 1)]
+        tokens = torch.stack([activations[r, positions[r]] for r in first])
+        return self.tiles(self._per_view(tokens))
+
+    def gradients(self, gradients: Tensor) -> Tensor:
+        """(T, R, L, D) -> (N, T, D, rows * g, cols * g), each image's rows summed."""
+        positions, owners = self._rows(gradients.shape[1])
+        rows = torch.stack([gradients[:, r, positions[r]] for r in range(len(owners))], dim=1)  # (T, R, K, D)
+        index = torch.tensor(owners, device=rows.device)
+        summed = rows.new_zeros(rows.shape[0], max(owners) + 1, *rows.shape[2:]).index_add_(1, index, rows)
+        merged = self._per_view(summed.flatten(0, 1))
+        return self.tiles.gradients(merged.reshape(rows.shape[0], -1, *merged.shape[1:]))
+
+    def describe(self) -> str:
+        return f"language-model tokens at the image positions: {self.tiles.describe()}"
+
+    def _rows(self, count: int) -> tuple[list[list[int]], list[int]]:
+        rows = getattr(self._last, "rows", None)
+        if rows is None or len(rows[1]) != count:
+            raise ValueError(f"the hooked layer gives {count} rows, not the last forward pass's token sequences")
+        return rows
+
+    def _per_view(self, tokens: Tensor) -> Tensor:
+        """(N', K, D) image tokens, K = F views x tokens per view -> (N' * F, K / F, D)."""
+        _, rows, cols = self.tiles._layout_of_images()
+        views = rows * cols + 1 if rows else 1
+        return tokens.reshape(tokens.shape[0] * views, tokens.shape[1] // views, tokens.shape[2])
