@@ -70,8 +70,8 @@ def _processed(processor, path, text: str = "Describe the image."):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_prompt_and_model_inputs_are_the_processors(captioners, processors, variant: str, shape: str) -> None:
     """The prompt ids equal the processor's for the image; image_sizes equal; pixel_values
-    (base view and tiles) agree within one uint8 level (the processor resizes uint8 pixels and
-    rounds, the adapter resizes floats), and to 1e-5 where no resize happens."""
+    (base view and tiles) agree within about one uint8 level (the processor resizes uint8 pixels
+    and rounds, the adapter resizes floats), and to 1e-5 where no resize happens."""
     scorer, processor = captioners[variant].scorer, processors[variant]
     expected = _processed(processor, llava_image(shape))
     pixels = _pixels(captioners[variant], llava_image(shape))
@@ -80,9 +80,10 @@ def test_prompt_and_model_inputs_are_the_processors(captioners, processors, vari
     assert scorer.prompts.expand(scorer.prefix, SHAPES[shape]) == expected["input_ids"][0].tolist()
     assert inputs["image_sizes"].tolist() == expected["image_sizes"].tolist() == [list(SHAPES[shape])]
     assert inputs["pixel_values"].shape == expected["pixel_values"].shape
-    level = 1 / (255 * min(processor.image_processor.image_std))
+    std = torch.tensor(processor.image_processor.image_std)[:, None, None]
     difference = (inputs["pixel_values"] - expected["pixel_values"]).abs()
-    assert difference.max() <= 1.01 * level
+    # in uint8 levels: rounding (0.5) plus torchvision's fixed-point uint8 kernel; measured <= 1.03
+    assert (difference * std * 255).max() <= 1.1
     if variant == "onevision" and shape != "square":  # 40x64 fits the 64x64 pinpoint unresized
         assert difference[:, 1:].max() <= 1e-5
 
