@@ -71,7 +71,7 @@ def answer_grounding(
         run, maps = batch_answer_maps(adapter, chunk, methods)
         predicted = run.record.output.argmax(dim=1).tolist()
         for n, item in enumerate(chunk):
-            correct += adapter.answers[predicted[n]] == item.answer
+            correct += run.answers[n][predicted[n]] == item.answer  # the item's own candidates (a generative model has no list)
             mask = grow_background_mask(item.image, grow=grow)
             shape = mask.shape
             candidates = {name: stack[n] for name, stack in maps.items()}
