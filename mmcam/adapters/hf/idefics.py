@@ -25,7 +25,8 @@ Layers, each a ``--layer`` choice:
   coarser grid), tile / patch / s per tile side;
 - ``model.text_model.layers.K`` (any module under ``model.text_model``): language-model layer
   K's hidden states at the image-token positions, on the connector's grid
-  (:class:`~mmcam.adapters.hf.idefics_tiles.LanguageTokenGrid`).
+  (:class:`~mmcam.adapters.hf.idefics_tiles.LanguageTokenGrid`); K below the last layer, whose
+  outputs at the image positions reach no later token (their gradient is zero, and mmcam warns).
 
 Each way, each tile's tokens are stitched into one grid over the whole image at the tile's
 place (:class:`~mmcam.adapters.hf.idefics_tiles.TileGrid`): the map covers the whole original
