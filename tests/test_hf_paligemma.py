@@ -126,6 +126,9 @@ def test_map_shape_is_the_processors_image_token_layout(captioners, processors, 
     pooled = projector.explain(llava_image(shape), "a red circle", guided=False)
     assert pooled.grid_maps.shape == (3, 2, 2) and pooled.heatmap(1).shape == (height, width)
     np.testing.assert_allclose(pooled.scores, gemma3.scores, atol=1e-6)
+    for family, grid in (("paligemma", (4, 4)), ("gemma3", (2, 2))):  # LM layer 0 at the image tokens
+        language = mmcam.load(f"hf:{FOLDERS[family]()}", layer="model.language_model.layers.0")
+        assert language.explain(llava_image(shape), "a red circle", guided=False).grid_maps.shape == (3, *grid)
 
 
 def test_every_word_at_once_equals_each_word_alone(captioners, family: str) -> None:
@@ -209,7 +212,9 @@ def test_a_score_that_reads_one_patch_lights_up_that_place(captioners, shape: st
 
 def test_answer_score_is_log_p_of_answer_and_end(answerers, processors, family: str) -> None:
     """y^c = the answer tokens' log-probs plus the end token's, as ``generate`` scores them (with
-    the processor's token types); answers of a batch equal each alone; the model is unchanged."""
+    the processor's token types); answers of a batch equal each alone, at the default layer and
+    at language-model layer 0 (one row per candidate answer, gradients summed per image); the
+    model is unchanged."""
     scorer = answerers[family].scorer
     pixels = _pixels(answerers[family], "square")
     question = scorer.tokenize(QUESTION)
@@ -228,12 +233,14 @@ def test_answer_score_is_log_p_of_answer_and_end(answerers, processors, family: 
     model = scorer.model
     before = model_state(model)
     images, questions = [llava_image("wide"), llava_image("wide")], [QUESTION, "is there a red square?"]
-    both = answerers[family].explain_batch(images, questions, [["red", "blue"], ["yes", "blue"]], guided=False)
-    for n, question_text in enumerate(questions):
-        alone = answerers[family].explain(images[n], question_text, ["blue"], guided=False)
-        np.testing.assert_allclose(alone.grid_maps[0], both[n].grid_maps[1], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(alone.scores[0], both[n].scores[1], atol=1e-5)
-    assert np.abs(both[0].grid_maps).max() > 0
+    language = mmcam.load(f"hf:{FOLDERS[family]()}?task=vqa", layer="model.language_model.layers.0")
+    for adapter in (answerers[family], language):
+        both = adapter.explain_batch(images, questions, [["red", "blue"], ["yes", "blue"]], guided=False)
+        for n, question_text in enumerate(questions):
+            alone = adapter.explain(images[n], question_text, ["blue"], guided=False)
+            np.testing.assert_allclose(alone.grid_maps[0], both[n].grid_maps[1], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(alone.scores[0], both[n].scores[1], atol=1e-5)
+        assert np.abs(both[0].grid_maps).max() > 0
     assert_same_state(before, model_state(model))
 
 
@@ -244,8 +251,10 @@ def test_clear_errors() -> None:
         mmcam.load(f"hf:{saved_gemma3('pan-and-scan')}?task=vqa")
     with pytest.raises(InputError, match="image_seq_length"):
         mmcam.load(f"hf:{saved_paligemma('no-seq-length')}")
-    with pytest.raises(InputError, match="vision tower .* or at the projector"):
-        mmcam.load(f"hf:{saved_paligemma()}", layer="model.language_model.layers.0")
+    with pytest.raises(InputError, match="vision tower .*, at the projector's output .* or in a language-model layer"):
+        mmcam.load(f"hf:{saved_paligemma()}", layer="lm_head")
+    with pytest.raises(InputError, match="reach no scored token"):
+        mmcam.load(f"hf:{saved_gemma3()}?task=vqa", layer="model.language_model.layers.1")
 
 
 def test_caption_cli_json(capsys, tmp_path) -> None:

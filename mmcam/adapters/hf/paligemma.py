@@ -29,9 +29,10 @@ covers the whole original image and is stretched back onto it. Layer choices (``
   into sqrt(mm_tokens_per_image) tokens a side (4x4 patches each in the released models), a
   coarser grid. (Not ``model.multi_modal_projector.avg_pool``: an RMS norm follows it, so
   HiResCAM there is ~0 for the reason above.)
-
-Language-model layers are not offered: their maps would need the image-token positions per
-row, and the VQA scorer's language model reads one row per (image, candidate answer).
+- ``model.language_model.layers.K`` (K below the last): that layer's hidden states at the image
+  tokens, on the image-token grid (LLaVA's :class:`~mmcam.adapters.hf.llava.ImageTokenRows`:
+  the image tokens' states are the same in every row of an item, as the prompt holds them and
+  what follows is causal; PaliGemma's prefix attention covers the prompt only).
 """
 
 from __future__ import annotations
@@ -45,17 +46,16 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ...core import TokenGrid
+from ...core import resolve_layer
 from ...errors import InputError
-from ...targets import CaptionScores
 from ..captioning import CaptionAdapter
-from .llava import DEFAULT_INSTRUCTION, LlavaAnswerScorer, LlavaCaptioner, LlavaPrompt
+from .llava import (
+    DEFAULT_INSTRUCTION, LANGUAGE_MODEL, PROJECTOR, TOWER, TOWER_LAYERS, ImageTokenRows, LlavaAnswerScorer,
+    LlavaCaptioner, LlavaPrompt, _inside, layer_layout,
+)
 from .loading import Loaded, _end_ids, _first_id, processor_of
 from .vqa import GenerativeVQAAdapter
 
-TOWER = "model.vision_tower"
-TOWER_LAYERS = f"{TOWER}.encoder.layers"
-PROJECTOR = "model.multi_modal_projector"
 PALIGEMMA_CAPTION = "caption en"
 PALIGEMMA_QUESTION = "answer en "
 
@@ -110,37 +110,10 @@ class PaliGemmaPrompt(LlavaPrompt):
         return (positions[None] >= torch.tensor(list(prompt_lengths), device=ids.device)[:, None]).long()
 
 
-@dataclass(frozen=True)
-class VisionGrids:
-    """Reshape of a layer's output onto the image: tokens (B, N, C) of a vision tower module on
-    the (h, w) ``patches`` grid, of a projector module on the ``tokens`` grid (the image tokens
-    the language model reads); (B, C, h, w) maps pass unchanged."""
-
-    layer: str
-    patches: tuple[int, int]
-    tokens: tuple[int, int]
-
-    def __call__(self, activations: Tensor) -> Tensor:
-        if activations.dim() == 4:
-            return activations
-        grid = self.patches if self.layer.startswith(f"{TOWER}.") else self.tokens
-        if activations.dim() != 3 or activations.shape[1] != grid[0] * grid[1]:
-            raise ValueError(
-                f"layer {self.layer!r} gives {tuple(activations.shape)}, not the {grid[0]}x{grid[1]} grid of "
-                f"its image tokens; hook {TOWER_LAYERS}.K or {PROJECTOR}"
-            )
-        return TokenGrid(grid=grid)(activations)
-
-
-def vision_grids(prompt: LlavaPrompt, model: nn.Module, layer: str) -> VisionGrids:
-    """The patch grid (input size over patch size) and the grid of the image tokens the prompt
-    holds (the processor's count: PaliGemma one per patch, Gemma 3 a square pooled grid),
-    checked against the model's config; InputError for a layer outside the tower and projector."""
-    if not layer.startswith((f"{TOWER}.", PROJECTOR)):
-        raise InputError(
-            f"layer {layer!r}: {prompt.name}'s maps are taken in the vision tower ({TOWER_LAYERS}.K) or at "
-            f"the projector's output ({PROJECTOR})"
-        )
+def image_token_grid(prompt: LlavaPrompt, model: nn.Module) -> tuple[int, int]:
+    """(h, w) of the image tokens the language model reads, from the processor's count in the
+    prompt: PaliGemma one per patch (the input size over the patch size), Gemma 3 a square grid
+    pooling the patch grid (``mm_tokens_per_image``); checked against the model's config."""
     vision = model.config.vision_config
     if tuple(prompt.image.size) != (vision.image_size, vision.image_size):
         raise InputError(
@@ -149,16 +122,32 @@ def vision_grids(prompt: LlavaPrompt, model: nn.Module, layer: str) -> VisionGri
         )
     patches = prompt.grid(int(vision.patch_size))
     count = prompt.ids("").count(prompt.image_token_id)
-    side = math.isqrt(count)
     pooled = getattr(model.config, "mm_tokens_per_image", None)
-    if pooled is None and count != patches[0] * patches[1]:
-        raise InputError(f"{prompt.name}: the processor writes {count} image tokens for {patches[0]}x{patches[1]} patches")
-    if pooled is not None and (count != pooled or side * side != count or patches[0] % side):
+    if pooled is None:
+        if count != patches[0] * patches[1]:
+            raise InputError(f"{prompt.name}: the processor writes {count} image tokens for {patches[0]}x{patches[1]} patches")
+        return patches
+    side = math.isqrt(count)
+    if count != pooled or side * side != count or patches[0] % side:
         raise InputError(
             f"{prompt.name}: the processor writes {count} image tokens, not a square grid pooling the "
             f"{patches[0]}x{patches[1]} patches (mm_tokens_per_image {pooled})"
         )
-    return VisionGrids(layer, patches, patches if pooled is None else (side, side))
+    return side, side
+
+
+def layout(prompt: LlavaPrompt, model: nn.Module, layer: str) -> tuple[Any, ImageTokenRows]:
+    """The reshape of ``layer``'s output onto the image (see the module docstring) and the image
+    placeholders' rows that the scorer records on each forward; InputError for a layer with no
+    image tokens (or the last language-model layer, whose image-token states reach no score)."""
+    rows = ImageTokenRows(prompt.image_token_id, image_token_grid(prompt, model))
+    name, module = resolve_layer(model, layer)
+    if not any(_inside(model, part, module) for part in (TOWER, PROJECTOR, f"{LANGUAGE_MODEL}.layers")):
+        raise InputError(
+            f"layer {name!r}: {prompt.name}'s maps are taken in the vision tower ({TOWER_LAYERS}.K), at the "
+            f"projector's output ({PROJECTOR}) or in a language-model layer ({LANGUAGE_MODEL}.layers.K)"
+        )
+    return layer_layout(prompt, model, layer, rows), rows
 
 
 @dataclass
@@ -169,15 +158,6 @@ class GemmaCaptioner(LlavaCaptioner):
 
     def text_inputs(self, ids: Tensor) -> dict[str, Tensor]:
         return {"token_type_ids": self.prompt.token_types(ids, [len(self.prefix)] * ids.shape[0])}
-
-    def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
-        """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L) after the prompt: row t
-        scores ids[:, t]."""
-        prefix = torch.tensor(self.prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
-        text = torch.cat([prefix, ids], dim=1)
-        logits = self.model(pixel_values=images, input_ids=text, **self.text_inputs(text)).logits
-        first = len(self.prefix) - 1
-        return CaptionScores(logits[:, first : first + ids.shape[1]])
 
 
 @dataclass
@@ -228,9 +208,10 @@ def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> Cap
     paligemma = type(loaded.model).__name__.startswith("PaliGemma")
     prompt = _prompt(loaded)
     text = instruction or (PALIGEMMA_CAPTION if paligemma else DEFAULT_INSTRUCTION)
+    reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaCaptioner(
-        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, vision_grids(prompt, loaded.model, layer),
-        prefix=prompt.ids(text), end_ids=_end_tokens(loaded), prompt=prompt,
+        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, reshape,
+        prefix=prompt.ids(text), end_ids=_end_tokens(loaded), placeholders=rows, prompt=prompt,
     )
     return CaptionAdapter(scorer)
 
@@ -241,9 +222,10 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     answer with (Gemma 3's chat template: ``<end_of_turn>``)."""
     paligemma = type(loaded.model).__name__.startswith("PaliGemma")
     prompt = _prompt(loaded, PALIGEMMA_QUESTION if paligemma else "")
+    reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaAnswerScorer(
         loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer, embedding_layer=None,
-        reshape=vision_grids(prompt, loaded.model, layer), prompt=prompt,
+        reshape=reshape, prompt=prompt, placeholders=rows,
         end_id=_answer_end(prompt, _end_tokens(loaded)),
     )
     return GenerativeVQAAdapter(scorer)
