@@ -47,7 +47,10 @@ def variant(request) -> str:
 
 @pytest.fixture(scope="module")
 def captioners():
-    return {name: mmcam.load(f"hf:{saved_llava_next(name)}") for name in VARIANTS}
+    loaded = {name: mmcam.load(f"hf:{saved_llava_next(name)}") for name in VARIANTS}
+    for captioner in loaded.values():
+        captioner.scorer.max_new_tokens = 8  # generated captions of the random models: short is enough
+    return loaded
 
 
 @pytest.fixture(scope="module")

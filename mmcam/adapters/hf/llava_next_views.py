@@ -95,6 +95,8 @@ class AnyresViews:
                 f"{name}: the image processor's size {size} and crop_size {crop} are not the vision tower's "
                 f"{side}x{side} input; save the processor with that size"
             )
+        if any(height % side or width % side for height, width in pinpoints):
+            raise InputError(f"{name}: image_grid_pinpoints {pinpoints} are not whole numbers of {side}-pixel tiles")
         resample = int(getattr(image_processor, "resample", 3))
         if resample not in _RESAMPLE:
             raise InputError(f"{name}: the image processor's resample {resample} is not one of nearest (0), bilinear (2), bicubic (3)")
@@ -172,7 +174,11 @@ class TileLayout:
         vision = model.config.vision_config
         self.patches = int(vision.image_size) // int(vision.patch_size)
         self.layer = layer
-        self._unpad = getattr(sys.modules[type(model).__module__], "unpad_image")
+        self._unpad = next(  # the model's own unpadding (a subclass's module may not define it)
+            vars(sys.modules[kind.__module__])["unpad_image"]
+            for kind in type(model).__mro__
+            if "unpad_image" in vars(sys.modules.get(kind.__module__, sys))
+        )
         self._local = threading.local()
 
     def use(self, tiling: Tiling, count: int) -> None:
