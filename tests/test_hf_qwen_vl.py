@@ -16,6 +16,8 @@ from PIL import Image
 
 import mmcam
 from hf_fixtures import one_thread  # noqa: F401 (autouse fixture)
+from mmcam.adapters.hf import qwen_vl
+from mmcam.adapters.hf.loading import Loaded
 from mmcam.adapters.hf.qwen_vl import DEFAULT_INSTRUCTION
 from mmcam.errors import InputError
 from vlm_fixtures import SHAPES, llava_image
@@ -28,13 +30,22 @@ SHORT = {"Qwen2VLForConditionalGeneration": "qwen2", "Qwen2_5_VLForConditionalGe
 
 
 @functools.cache
+def _loaded(architecture: str) -> Loaded:
+    """One load per class (through ``mmcam.load``); the adapters below share its model."""
+    scorer = mmcam.load(f"hf:{saved_qwen(architecture)}").scorer
+    return Loaded(scorer.name, scorer.model, scorer.tokenizer, None, saved_qwen(architecture))
+
+
+@functools.cache
 def _captioner(architecture: str, layer: str | None = None):
-    return mmcam.load(f"hf:{saved_qwen(architecture)}", layer=layer)
+    loaded = _loaded(architecture)
+    return qwen_vl.captioner(loaded, layer or qwen_vl.default_layer(loaded.model))
 
 
 @functools.cache
 def _answerer(architecture: str, layer: str | None = None):
-    return mmcam.load(f"hf:{saved_qwen(architecture)}?task=vqa", layer=layer)
+    loaded = _loaded(architecture)
+    return qwen_vl.answers(loaded, layer or qwen_vl.default_layer(loaded.model))
 
 
 @functools.cache
@@ -249,21 +260,17 @@ def test_default_layers_and_qwen3s_deepstack() -> None:
     """Qwen2/2.5-VL: the last block. Qwen3-VL: its earliest DeepStack block, whose gradient holds
     the DeepStack path: with the main merger's output zeroed, the words still depend on the image
     there, while the last block (read by the main merger only) gets no gradient at all."""
-    assert [_captioner(name).layer_name for name in CLASSES] == [LAST_BLOCK, LAST_BLOCK, "model.visual.blocks.0"]
+    assert [mmcam.load(f"hf:{saved_qwen(name)}").layer_name for name in CLASSES] == [LAST_BLOCK, LAST_BLOCK, "model.visual.blocks.0"]
     default, last = _captioner(CLASSES[2]), _captioner(CLASSES[2], LAST_BLOCK)
-    handles = [  # two loads, two models
-        adapter.scorer.model.model.visual.merger.register_forward_hook(lambda module, args, output: output * 0.0)
-        for adapter in (default, last)
-    ]
+    handle = default.scorer.model.model.visual.merger.register_forward_hook(lambda module, args, output: output * 0.0)
     try:
         kept = default.explain(llava_image("square"), CAPTION, method="hirescam", guided=False, contrast=False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cut = last.explain(llava_image("square"), CAPTION, method="hirescam", guided=False, contrast=False)
     finally:
-        for handle in handles:
-            handle.remove()
-    assert (np.abs(kept.grid_maps).max(axis=(1, 2)) > 0).all()
+        handle.remove()
+    assert last.scorer.model is default.scorer.model and (np.abs(kept.grid_maps).max(axis=(1, 2)) > 0).all()
     assert not cut.grid_maps.any() and any("zero everywhere" in str(w.message) for w in caught)
 
 

@@ -325,33 +325,25 @@ class LlavaAnswerScorer(BlipAnswerScorer):
                     **self.text_inputs(prompt, [prompt.shape[1]]), num_beams=beams, num_return_sequences=beams, do_sample=False, min_new_tokens=1,
                     max_new_tokens=self.max_new_tokens,
                 )
-                distinct: dict[str, Candidate] = {}
-                for sequence in sequences[:, prompt.shape[1] :].tolist():
-                    ids = sequence[: sequence.index(self.end_id)] if self.end_id in sequence else sequence
-                    text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
-                    distinct.setdefault(text.lower(), (text, tuple(ids)))
-                answers.append(list(distinct.values())[:count])
+                answers.append(self.distinct_answers(sequences[:, prompt.shape[1] :].tolist(), count))
         return answers
+
+    def distinct_answers(self, sequences: list[list[int]], count: int) -> list[Candidate]:
+        """The first ``count`` distinct answers (case-insensitive) among generated token
+        sequences (the tokens after the prompt), each cut at the end token."""
+        distinct: dict[str, Candidate] = {}
+        for sequence in sequences:
+            ids = sequence[: sequence.index(self.end_id)] if self.end_id in sequence else sequence
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
+            distinct.setdefault(text.lower(), (text, tuple(ids)))
+        return list(distinct.values())[:count]
 
     def score(self, images: Tensor, question_ids: Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> Tensor:
         """log p(answer a | image n, prompt n) for ``candidates[n][a]``, shape (N, A); columns
         past an item's own candidates hold -inf."""
-        if len(candidates) != question_ids.shape[0]:
-            raise ValueError(f"{len(candidates)} candidate lists given for a batch of {question_ids.shape[0]}")
-        if not all(candidates):
-            raise InputError("no candidate answers to score; give --answer or let the model generate one")
-        features = self.image_features(images)
         prompts = [prompt[0].tolist() for prompt in self._unpadded(question_ids)]
-        rows, owners, answer_masks = [], [], []
-        for n, (prompt, items) in enumerate(zip(prompts, candidates, strict=True)):
-            for ids in items:
-                rows.append([*prompt, *ids, self.end_id])
-                owners.append(n)
-                answer_masks.append([0] * len(prompt) + [1] * (len(ids) + 1))
-        device = images.device
-        ids = pad_ids(rows, self.end_id).to(device)
-        attention = pad_ids([[1] * len(row) for row in rows], 0).to(device)
-        scored = pad_ids(answer_masks, 0).to(device)
+        ids, attention, scored, owners = self.answer_rows(prompts, candidates, images.device)
+        features = self.image_features(images)
         image_rows = ids == self.prompt.image_token_id
         if self.placeholders is not None:
             self.placeholders.record(ids, owners)
@@ -360,10 +352,35 @@ class LlavaAnswerScorer(BlipAnswerScorer):
         embeds = embeds.masked_scatter(image_rows[..., None], row_features)
         prompt_lengths = [len(prompts[n]) for n in owners]
         logits = self.model(inputs_embeds=embeds, attention_mask=attention, **self.text_inputs(ids, prompt_lengths)).logits
+        return self.answer_table(logits, ids, scored, candidates)
+
+    def answer_rows(
+        self, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[Sequence[int]]], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """One row ``prompt n + answer + end`` per (item n, candidate), right-padded: ids
+        (R, L), attention mask (R, L), which positions are scored (the answer's and the end's)
+        and each row's item."""
+        if len(candidates) != len(prompts):
+            raise ValueError(f"{len(candidates)} candidate lists given for a batch of {len(prompts)}")
+        if not all(candidates):
+            raise InputError("no candidate answers to score; give --answer or let the model generate one")
+        rows, owners, answer_masks = [], [], []
+        for n, (prompt, items) in enumerate(zip(prompts, candidates, strict=True)):
+            for ids in items:
+                rows.append([*prompt, *ids, self.end_id])
+                owners.append(n)
+                answer_masks.append([0] * len(prompt) + [1] * (len(ids) + 1))
+        ids = pad_ids(rows, self.end_id).to(device)
+        attention = pad_ids([[1] * len(row) for row in rows], 0).to(device)
+        return ids, attention, pad_ids(answer_masks, 0).to(device), owners
+
+    def answer_table(self, logits: Tensor, ids: Tensor, scored: Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> Tensor:
+        """(N, A): each row's summed log-probs of its scored tokens, item n's candidates in row
+        n; columns past an item's own candidates hold -inf."""
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
         totals = (logprobs * scored[:, 1:]).sum(dim=1)
         width = max(len(items) for items in candidates)
-        table = torch.full((len(candidates), width), -torch.inf, device=device)
+        table = torch.full((len(candidates), width), -torch.inf, device=logits.device)
         column = 0
         for n, items in enumerate(candidates):
             table[n, : len(items)] = totals[column : column + len(items)]

@@ -53,11 +53,11 @@ from ...errors import InputError
 from ...targets import CaptionScores
 from ..captioning import CaptionAdapter, CaptionTokens
 from .captioning import TransformersCaptioner
-from .llava import LlavaAnswerScorer
+from .llava import ImageTokenRows, LlavaAnswerScorer
 from .loading import Loaded, _end_ids, _first_id, processor_of
 from .qwen_vl_inputs import QwenImages
 from .qwen_vl_layout import LanguageTokens, PassLayout, VisionTokens, _PassState
-from .vqa import Candidate, GenerativeVQAAdapter, pad_ids
+from .vqa import Candidate, GenerativeVQAAdapter
 
 DEFAULT_INSTRUCTION = "Describe the image."
 BLOCKS = "model.visual.blocks"
@@ -85,7 +85,7 @@ def layout_of(layer: str, model: nn.Module, merge_size: int, state: _PassState) 
                 f"{layer} is the language model's last layer: its states at the image tokens reach no later "
                 f"token, so their gradient is zero; pick {LANGUAGE_LAYERS}.K with K < {last}"
             )
-        return LanguageTokens(merge_size, state=state)
+        return LanguageTokens(state=state)
     raise InputError(
         f"layer {layer!r} has no image layout mmcam knows; Qwen-VL maps are taken at {BLOCKS}.K, {MERGER} "
         f"or {LANGUAGE_LAYERS}.K"
@@ -155,14 +155,16 @@ class QwenPass:
         """Logits (B, L, V) of right-padded rows ``ids`` (B, L), image tokens expanded, row b
         reading image ``owners[b]``; sets the pass's layout for the hooked layer."""
         pixel_values, grid = self.images.patches(images)
-        placeholders = (ids == self.prompt.image_token_id) & attention.bool()
-        token_types = placeholders.int()
+        token_types = ((ids == self.prompt.image_token_id) & attention.bool()).int()
         row_grid = grid[list(owners)]
         inner = self.model.model
         position_ids = inner.get_rope_index(
             ids, mm_token_type_ids=token_types, image_grid_thw=row_grid, attention_mask=attention
         )[0]
-        self.state.set(PassLayout(self._grids(grid), self._window_index(grid), tuple(owners), placeholders))
+        grids = self._grids(grid)
+        rows = ImageTokenRows(self.prompt.image_token_id, _merged(grids, self.images.merge_size))
+        rows.record(ids.masked_fill(~attention.bool(), -1), owners)
+        self.state.set(PassLayout(grids, self._window_index(grid), rows))
         encoded = inner.get_image_features(pixel_values, grid, return_dict=True)
         encoded.pooler_output = tuple(encoded.pooler_output[n] for n in owners)
         if getattr(encoded, "deepstack_features", None) is not None:
@@ -249,44 +251,20 @@ class QwenAnswerScorer(LlavaAnswerScorer):
             answers.append(self.distinct_answers(new.tolist(), count))
         return answers
 
-    def distinct_answers(self, sequences: list[list[int]], count: int) -> list[Candidate]:
-        """The first ``count`` distinct answers (case-insensitive) among generated token
-        sequences (the tokens after the prompt), each cut at the end token."""
-        distinct: dict[str, Candidate] = {}
-        for sequence in sequences:
-            ids = sequence[: sequence.index(self.end_id)] if self.end_id in sequence else sequence
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
-            distinct.setdefault(text.lower(), (text, tuple(ids)))
-        return list(distinct.values())[:count]
-
     def score(self, images: Tensor, question_ids: Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> Tensor:
         """log p(answer a | image n, prompt n) for ``candidates[n][a]``, shape (N, A); columns
         past an item's own candidates hold -inf."""
-        if len(candidates) != question_ids.shape[0]:
-            raise ValueError(f"{len(candidates)} candidate lists given for a batch of {question_ids.shape[0]}")
-        if not all(candidates):
-            raise InputError("no candidate answers to score; give --answer or let the model generate one")
         prompts = self.qwen.rows(images, [prompt[0].tolist() for prompt in self._unpadded(question_ids)])
-        rows, owners, answer_masks = [], [], []
-        for n, (prompt, items) in enumerate(zip(prompts, candidates, strict=True)):
-            for ids in items:
-                rows.append([*prompt, *ids, self.end_id])
-                owners.append(n)
-                answer_masks.append([0] * len(prompt) + [1] * (len(ids) + 1))
-        device = images.device
-        ids = pad_ids(rows, self.end_id).to(device)
-        attention = pad_ids([[1] * len(row) for row in rows], 0).to(device)
-        scored = pad_ids(answer_masks, 0).to(device)
-        logits = self.qwen.logits(images, ids, attention, owners)
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
-        totals = (logprobs * scored[:, 1:]).sum(dim=1)
-        width = max(len(items) for items in candidates)
-        table = torch.full((len(candidates), width), -torch.inf, device=device)
-        column = 0
-        for n, items in enumerate(candidates):
-            table[n, : len(items)] = totals[column : column + len(items)]
-            column += len(items)
-        return table
+        ids, attention, scored, owners = self.answer_rows(prompts, candidates, images.device)
+        return self.answer_table(self.qwen.logits(images, ids, attention, owners), ids, scored, candidates)
+
+
+def _merged(grids: Sequence[tuple[int, int]], merge_size: int) -> tuple[int, int]:
+    """The merged grid (h / m, w / m) shared by a pass's images."""
+    if len(set(grids)) != 1:
+        raise InputError("images of different sizes in one Qwen-VL pass; explain them in separate calls")
+    height, width = grids[0]
+    return height // merge_size, width // merge_size
 
 
 def _pass(loaded: Loaded, layer: str) -> tuple[QwenPass, VisionTokens | LanguageTokens]:

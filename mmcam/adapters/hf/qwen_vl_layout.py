@@ -25,19 +25,18 @@ import torch
 from torch import Tensor
 
 from ...errors import InputError
+from .llava import ImageTokenRows
 
 
 @dataclass(frozen=True)
 class PassLayout:
     """What one forward pass put where: per image its patch grid (h, w); the tower's window
-    order (``window_index`` of m * m units, Qwen2.5-VL) or None; per language-model row the
-    image it reads (``owners``) and the positions of its image placeholders (``placeholders``,
-    (B, L) bool)."""
+    order (``window_index`` of m * m units, Qwen2.5-VL) or None; the language model's rows,
+    each row's image placeholders and image recorded (``rows``)."""
 
     grids: tuple[tuple[int, int], ...]
     window_index: Tensor | None = None
-    owners: tuple[int, ...] = ()
-    placeholders: Tensor | None = None
+    rows: ImageTokenRows | None = None
 
 
 @dataclass(eq=False)
@@ -85,12 +84,12 @@ class VisionTokens:
     def _grids(self, tokens: Tensor) -> Tensor:
         """(*lead, S, C) -> (N, *lead, C, h, w)."""
         layout = self.state.get()
-        unit = 1 if self.merged else self.merge_size**2
+        unit = 1 if self.merged else self.merge_size**2  # tokens per merge window
         if layout.window_index is not None:
             restore = torch.argsort(layout.window_index.to(tokens.device))
             order = (restore[:, None] * unit + torch.arange(unit, device=tokens.device)).flatten()
             tokens = tokens.index_select(-2, order)
-        counts = [height * width // (self.merge_size**2 // unit) for height, width in layout.grids]
+        counts = [height * width * unit // self.merge_size**2 for height, width in layout.grids]
         if sum(counts) != tokens.shape[-2]:
             raise ValueError(f"{tokens.shape[-2]} vision tokens where the pass's images make {sum(counts)}")
         grids = [self._image_grid(part, grid) for part, grid in zip(tokens.split(counts, dim=-2), layout.grids, strict=True)]
@@ -114,40 +113,28 @@ class VisionTokens:
 @dataclass(eq=False)
 class LanguageTokens:
     """A language-model layer's hidden states (B, L, C) at the image placeholders of each row,
-    on the merged grid (h / m, w / m) of the row's image. Rows that read the same image (one
-    per candidate answer) share its activations at those positions (they come before any
-    answer token, and the model is causal); each target's gradient is the sum over its image's
-    rows (a target reads one row, so the others add zero)."""
+    on the merged grid (h / m, w / m) of the pass's images: LLaVA's
+    :class:`~mmcam.adapters.hf.llava.ImageTokenRows` of the last pass (its grid depends on the
+    images' size), which shares an image's activations among its rows and sums its rows'
+    gradients."""
 
-    merge_size: int
     state: _PassState = field(default_factory=_PassState)
 
     def __call__(self, activations: Tensor) -> Tensor:
-        layout = self.state.get()
-        first = [layout.owners.index(n) for n in range(len(layout.grids))]
-        return _stack([self._image_grid(activations[row], row, layout) for row in first])
+        return self._rows()(activations)
 
     def gradients(self, gradients: Tensor) -> Tensor:
-        """(T, B, L, C) -> (N, T, C, h, w)."""
-        layout = self.state.get()
-        images = []
-        for n in range(len(layout.grids)):
-            rows = [row for row, owner in enumerate(layout.owners) if owner == n]
-            images.append(sum(self._image_grid(gradients[:, row], row, layout) for row in rows))
-        return _stack(images)
+        """(T, B, L, C) -> (N, T, C, h / m, w / m)."""
+        return self._rows().gradients(gradients)
 
     def describe(self) -> str:
-        height, width = (side // self.merge_size for side in self.state.get().grids[0])
-        return f"language-model hidden states at the image tokens {height}x{width}"
+        return self._rows().describe()
 
-    def _image_grid(self, hidden: Tensor, row: int, layout: PassLayout) -> Tensor:
-        """Row ``row``'s (*lead, L, C) states at its placeholders -> (*lead, C, h / m, w / m)."""
-        height, width = (side // self.merge_size for side in layout.grids[layout.owners[row]])
-        positions = layout.placeholders[row].nonzero().flatten().to(hidden.device)
-        if positions.numel() != height * width:
-            raise ValueError(f"row {row} holds {positions.numel()} image tokens where its image makes {height * width}")
-        tokens = hidden.index_select(-2, positions)
-        return tokens.reshape(*tokens.shape[:-2], height, width, tokens.shape[-1]).movedim(-1, -3)
+    def _rows(self) -> ImageTokenRows:
+        rows = self.state.get().rows
+        if rows is None:
+            raise RuntimeError("the last Qwen-VL pass recorded no language-model rows")
+        return rows
 
 
 def _stack(grids: Sequence[Tensor]) -> Tensor:
