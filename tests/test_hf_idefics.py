@@ -118,7 +118,7 @@ def test_maps_are_the_tiles_stitched_over_the_whole_image(family, captioner, pro
     rows, cols = _rows_cols(processor, shape)
     explanation = captioner.explain(llava_image(shape), CAPTION, guided=False, contrast=False)
     side = TILE // PATCH
-    assert captioner.layer_name == "model.vision_model.encoder.layers.1"
+    assert captioner.layer_name == "model.vision_model.post_layernorm"
     assert explanation.grid_maps.shape == (7, rows * side, cols * side)
     assert explanation.heatmap(1).shape == SHAPES[shape]
     stitched = f"tiles {rows}x{cols} of {side}x{side} tokens stitched to {rows * side}x{cols * side}, global view left out"
@@ -177,6 +177,20 @@ def test_a_score_that_reads_one_patch_lights_up_that_place(family, captioner, sh
     height, width = SHAPES[shape]
     assert top * height / (rows * side) <= y < (top + block) * height / (rows * side)
     assert left * width / (cols * side) <= x < (left + block) * width / (cols * side)
+
+
+def test_hirescam_vanishes_before_the_vision_towers_layer_norm() -> None:
+    """Why the default layer is the vision tower's post-layernorm: the last encoder layer feeds
+    that layer norm, which ignores each token's scale and mean, so there the gradient is
+    orthogonal to the activation and HiResCAM's per-cell sum of gradient x activation is ~0."""
+    from mmcam.core import raw_maps
+
+    strongest = {}
+    for layer in ("model.vision_model.encoder.layers.1", "model.vision_model.post_layernorm"):
+        adapter = mmcam.load(f"hf:{saved_idefics('idefics3')}", layer=layer)
+        record = adapter.run(llava_image("wide"), CAPTION, guided=False, contrast=False).record
+        strongest[layer] = float(raw_maps(record, "hirescam").abs().max())
+    assert strongest["model.vision_model.encoder.layers.1"] < 0.01 * strongest["model.vision_model.post_layernorm"]
 
 
 def test_a_language_model_layer_maps_its_image_tokens_on_the_tiles() -> None:
@@ -286,7 +300,7 @@ def test_cli_caption_json(capsys, tmp_path, family: str) -> None:
     assert main(argv) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     record = json.loads(line)
-    assert set(record) == CAPTION_KEYS and record["layer"] == "model.vision_model.encoder.layers.1"
+    assert set(record) == CAPTION_KEYS and record["layer"] == "model.vision_model.post_layernorm"
     assert [word["word"] for word in record["words"]] == ["a", "red", "circle"]
     assert all(np.load(word["heatmap"]).shape == SHAPES["tall"] for word in record["words"])
 
