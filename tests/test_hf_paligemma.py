@@ -143,6 +143,15 @@ def test_every_word_at_once_equals_each_word_alone(captioners, family: str) -> N
         alone = captioner.explain(llava_image("tall"), CAPTION, words=[index], guided=False, contrast=False)
         np.testing.assert_allclose(alone.grid_maps[0], together.grid_maps[index], atol=1e-5, rtol=0)
         np.testing.assert_allclose(alone.scores[0], together.scores[index], atol=1e-5)
+    # a minibatch: captions of other lengths (padded after the caption: PaliGemma's causal part,
+    # Gemma 3's text) and one generated in the same batch equal each alone
+    images = [llava_image("tall"), llava_image("wide"), llava_image("square")]
+    batch = captioner.explain_batch(images, [CAPTION, "a blue square", None], guided=False, contrast=False)
+    for image, caption, explained in zip(images, [CAPTION, "a blue square", None], batch, strict=True):
+        alone = captioner.explain(image, caption, guided=False, contrast=False)
+        assert alone.labels == explained.labels
+        np.testing.assert_allclose(explained.grid_maps, alone.grid_maps, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(explained.scores, alone.scores, atol=1e-5)
     assert_same_state(before, model_state(model))
 
 
