@@ -289,3 +289,16 @@ def test_the_instruction_is_an_option() -> None:
     pixels = captioner.scorer.preprocess(np.array(_image("square")))[None]
     assert captioner.scorer.qwen.rows(pixels, [captioner.scorer.qwen.prompt.ids("Say what you see.")])[0] == expected
     assert captioner.scorer.instruction == "Say what you see."
+
+
+def test_a_batch_of_wide_and_tall_images_equals_each_alone() -> None:
+    """Images of different resized sizes are explained in one pass per size; each equals its own."""
+    captioner = _captioner(CLASSES[1])
+    images = [llava_image("wide"), llava_image("tall"), llava_image("wide")]
+    captions = [CAPTION, "a blue square", "a red circle and a blue square"]
+    together = captioner.explain_batch(images, captions, guided=False, contrast=False)
+    for image, caption, explained in zip(images, captions, together, strict=True):
+        alone = captioner.explain(image, caption, guided=False, contrast=False)
+        assert explained.grid_maps.shape == alone.grid_maps.shape == (len(caption.split()), *GRIDS[str(image.stem).split("-")[1]])
+        np.testing.assert_allclose(explained.grid_maps, alone.grid_maps, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(explained.scores, alone.scores, atol=1e-5)
