@@ -51,7 +51,9 @@ from ...errors import InputError
 from ...targets import CaptionScores
 from ..captioning import CaptionAdapter, CaptionTokens
 from ..vqa import QuestionTokens
-from .llava import DEFAULT_INSTRUCTION, LANGUAGE_MODEL, PROJECTOR, TOWER, LlavaAnswerScorer, LlavaCaptioner, LlavaPrompt, tower_layer
+from .llava import (
+    DEFAULT_INSTRUCTION, LANGUAGE_MODEL, PROJECTOR, TOWER, LlavaAnswerScorer, LlavaCaptioner, LlavaPrompt, tower_layer,
+)
 from .llava_next_views import AnyresViews, LanguageTokens, TileLayout
 from .loading import Loaded, _end_ids, _first_id, processor_of
 from .vqa import Candidate, GenerativeVQAAdapter, pad_ids
@@ -79,9 +81,10 @@ class AnyresPrompt:
         placeholders collapsed back to one."""
         ids = self.prompt.ids(text)
         image = self.image_token_id
-        collapsed = [token for position, token in enumerate(ids) if token != image or ids[position - 1] != image or position == 0]
+        collapsed = [token for position, token in enumerate(ids) if token != image or position == 0 or ids[position - 1] != image]
         if collapsed.count(image) != 1:
-            raise InputError(f"{self.prompt.name}'s chat template puts {collapsed.count(image)} images in a prompt; one is needed")
+            images = collapsed.count(image)
+            raise InputError(f"{self.prompt.name}'s chat template puts {images} images in a prompt; one is needed")
         return tuple(collapsed)
 
     def count(self, size: tuple[int, int]) -> int:
@@ -125,10 +128,12 @@ class _Anyres:
 class AnyresCaptioner(_Anyres, LlavaCaptioner):
     """A :class:`~mmcam.adapters.hf.llava.LlavaCaptioner` whose ``prefix`` holds one image
     placeholder, expanded per image size; teacher forcing and ``generate`` read the same
-    ``pixel_values`` and ``image_sizes``."""
+    ``pixel_values`` and ``image_sizes``. The parent's ``attention`` option is refused."""
 
     def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
         """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L) for images (N, 3, H, W)."""
+        if self.attention:
+            raise ValueError("language-model attention maps are not offered for anyres models (their grid differs per view)")
         inputs = self.model_images(images)
         prefix = self.prompts.expand(self.prefix, images.shape[-2:])
         prompt = torch.tensor(prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)

@@ -86,10 +86,15 @@ class AnyresViews:
                 f"{name}: the image processor's image_grid_pinpoints {pinpoints} differ from the model's {model_pinpoints}"
             )
         size, crop = image_processor.size, getattr(image_processor, "crop_size", None)
-        base = (_side(size, "height"), _side(size, "width")) if _side(size, "height") else (_side(size, "shortest_edge"),) * 2
+        if _side(size, "height"):
+            base = (_side(size, "height"), _side(size, "width"))
+        else:
+            base = (_side(size, "shortest_edge"),) * 2
         tile = _side(crop, "height") or base[0]
         side = int(config.vision_config.image_size)
-        cropped = (_side(crop, "height"), _side(crop, "width")) if getattr(image_processor, "do_center_crop", False) else (side, side)
+        cropped = (side, side)
+        if getattr(image_processor, "do_center_crop", False):
+            cropped = (_side(crop, "height"), _side(crop, "width"))
         if base != (side, side) or tile != side or cropped != (side, side):
             raise InputError(
                 f"{name}: the image processor's size {size} and crop_size {crop} are not the vision tower's "
@@ -99,7 +104,9 @@ class AnyresViews:
             raise InputError(f"{name}: image_grid_pinpoints {pinpoints} are not whole numbers of {side}-pixel tiles")
         resample = int(getattr(image_processor, "resample", 3))
         if resample not in _RESAMPLE:
-            raise InputError(f"{name}: the image processor's resample {resample} is not one of nearest (0), bilinear (2), bicubic (3)")
+            raise InputError(
+                f"{name}: the image processor's resample {resample} is not one of nearest (0), bilinear (2), bicubic (3)"
+            )
         mode, antialias = _RESAMPLE[resample]
         settings = ImageSettings.from_processor(image_processor, side)
         return cls(pinpoints, side, base, settings, mode, antialias)
@@ -114,10 +121,12 @@ class AnyresViews:
 
         height, width = size
         best = tuple(int(side) for side in select_best_resolution((height, width), [list(p) for p in self.pinpoints]))
-        content = tuple(int(side) for side in get_patch_output_size(torch.empty(1, 1, 1).expand(3, height, width), best, "channels_first"))
+        shape_only = torch.empty(1, 1, 1).expand(3, height, width)
+        content = tuple(int(side) for side in get_patch_output_size(shape_only, best, "channels_first"))
         left, extra_x = divmod(best[1] - content[1], 2)
         top, extra_y = divmod(best[0] - content[0], 2)
-        return Tiling(size, best, content, (left, left + extra_x, top, top + extra_y), (best[0] // self.tile, best[1] // self.tile))
+        padding = (left, left + extra_x, top, top + extra_y)
+        return Tiling(size, best, content, padding, (best[0] // self.tile, best[1] // self.tile))
 
     def inputs(self, images: Tensor) -> tuple[dict[str, Tensor], Tiling]:
         """The model's ``pixel_values`` (N, views, 3, s, s) (base view first, then the tiles row
