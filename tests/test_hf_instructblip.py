@@ -21,7 +21,8 @@ from mmcam.adapters.hf.instructblip import DEFAULT_INSTRUCTION
 from mmcam.cli import main
 from mmcam.errors import InputError
 from test_hf_cli import CAPTION_KEYS, VQA_KEYS
-from test_hf_llava import _hooks, _state
+from test_hf_llava import _state
+from vlm_checks import check_one_cell_lit, check_words_at_once_equal_each_alone
 from vlm_fixtures import SHAPES, llava_image
 from vlm_instructblip_fixtures import QUERY_TOKENS, saved_instructblip
 
@@ -127,19 +128,7 @@ def test_the_map_is_the_vision_towers_patch_grid(captioner, shape: str) -> None:
 
 
 def test_every_word_at_once_equals_each_word_alone(captioner) -> None:
-    model = captioner.scorer.model
-    with torch.no_grad():  # transformers installs its hidden-state recording hooks on a first forward
-        captioner.scorer.score(_pixels(captioner, "wide"), torch.tensor([captioner.scorer.tokenize(CAPTION).ids]))
-    before, hooks = _state(model), _hooks(model)
-    together = captioner.explain(llava_image("wide"), CAPTION, guided=False, contrast=False)
-    assert together.labels == CAPTION.split() and np.abs(together.grid_maps).max() > 0
-    for index in range(len(together.labels)):
-        alone = captioner.explain(llava_image("wide"), CAPTION, words=[index], guided=False, contrast=False)
-        np.testing.assert_allclose(alone.grid_maps[0], together.grid_maps[index], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(alone.scores[0], together.scores[index], atol=1e-5)
-    after = _state(model)
-    assert all(torch.equal(before[name], after[name]) for name in before) and _hooks(model) == hooks
-    assert not model.training
+    check_words_at_once_equal_each_alone(captioner, llava_image("wide"), CAPTION)
 
 
 @pytest.mark.parametrize(("language", "shape"), [("llama", "wide"), ("llama", "tall"), ("t5", "tall")])
@@ -160,15 +149,7 @@ def test_a_score_that_reads_one_patch_lights_up_that_place(captioner, shape: str
         explanation = captioner.explain(llava_image(shape), CAPTION, method="hirescam", guided=False, contrast=False)
     finally:
         handle.remove()
-    both = np.abs(explanation.grid_maps) + np.abs(explanation.counterfactual_maps)
-    assert (both[:, 1, 2] > 0).all()
-    both[:, 1, 2] = 0
-    assert not both.any()
-    height, width = SHAPES[shape]
-    strongest = int(np.argmax(explanation.grid_maps[:, 1, 2]))
-    assert explanation.grid_maps[strongest, 1, 2] > 0
-    x, y = explanation.peak_xy(strongest)
-    assert 2 * width / 4 <= x < 3 * width / 4 and height / 4 <= y < 2 * height / 4
+    check_one_cell_lit(explanation, (1, 2), (4, 4), SHAPES[shape])
 
 
 @pytest.mark.parametrize(("language", "shape"), [("llama", "square"), ("t5", "tall")])
