@@ -191,12 +191,7 @@ class AnyresAnswerScorer(_Anyres, LlavaAnswerScorer):
                     num_beams=beams, num_return_sequences=beams, do_sample=False, min_new_tokens=1,
                     max_new_tokens=self.max_new_tokens,
                 )
-                distinct: dict[str, Candidate] = {}
-                for sequence in sequences[:, prompt.shape[1] :].tolist():
-                    ids = sequence[: sequence.index(self.end_id)] if self.end_id in sequence else sequence
-                    text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
-                    distinct.setdefault(text.lower(), (text, tuple(ids)))
-                answers.append(list(distinct.values())[:count])
+                answers.append(self.distinct_answers(sequences[:, prompt.shape[1] :].tolist(), count))
         return answers
 
     def _expanded(self, question_ids: Tensor, images: Tensor) -> Tensor:
