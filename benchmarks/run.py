@@ -32,17 +32,23 @@ def section(name: str):
     return register
 
 
+# what median_seconds reads: wall-clock seconds, or with --clock cpu the process's CPU seconds
+# (on a machine shared with other jobs, time spent waiting for a core is then not counted)
+CLOCK: Callable[[], float] = time.perf_counter
+
+
 def median_seconds(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall-clock seconds of each function. They run round-robin (after one warm-up
-    each), so a slow spell of the machine hits every contender alike."""
+    """Median seconds of each function on ``CLOCK`` (wall clock, or the process's CPU time with
+    ``--clock cpu``). They run round-robin (after one warm-up each), so a slow spell of the
+    machine hits every contender alike."""
     for function in functions.values():
         function()
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
+            start = CLOCK()
             function()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(CLOCK() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -186,7 +192,10 @@ def _scene_and_question():
 def caption_api(args: argparse.Namespace) -> dict:
     """What users run: ``explain()`` through the public API with each model's default method
     (Guided variants included), for all words / answers vs one vs a per-word (per-answer)
-    loop. Captioner: the 7-word caption; VQA: the top 3 answers of one question."""
+    loop. Captioner: the 7-word caption; VQA: the top 3 answers of one question. ``explain()``
+    makes Guided Backprop on first use, so the captioner is also timed with its full-size maps
+    looked at (``_maps``: the guided_ maps, which need it) and with Guided Backprop computed in
+    the same pass (``guided=True``)."""
     import mmcam
 
     scene, vqa_image, question = _scene_and_question()
@@ -198,6 +207,13 @@ def caption_api(args: argparse.Namespace) -> dict:
             "caption_all_words": lambda: captioner.explain(scene, CAPTION_7),
             "caption_one_word": lambda: captioner.explain(scene, CAPTION_7, words=[0]),
             "caption_per_word_loop": lambda: [captioner.explain(scene, CAPTION_7, words=[w]) for w in range(words)],
+            # what a guided_ method's maps cost once looked at (Guided Backprop made on first use)
+            "caption_all_words_maps": lambda: captioner.explain(scene, CAPTION_7).heatmaps,
+            "caption_one_word_maps": lambda: captioner.explain(scene, CAPTION_7, words=[0]).heatmaps,
+            "caption_per_word_loop_maps": lambda: [
+                captioner.explain(scene, CAPTION_7, words=[w]).heatmaps for w in range(words)
+            ],
+            "caption_all_words_eager": lambda: captioner.explain(scene, CAPTION_7, guided=True),
             "vqa_top3": lambda: vqa.explain(vqa_image, question, top=3),
             "vqa_top1": lambda: vqa.explain(vqa_image, question),
             "vqa_per_answer_loop": lambda: [vqa.explain(vqa_image, question, [answer]) for answer in answers],
@@ -214,6 +230,9 @@ def caption_api(args: argparse.Namespace) -> dict:
         "seconds": seconds,
         "caption_all_over_one": seconds["caption_all_words"] / seconds["caption_one_word"],
         "caption_loop_over_all": seconds["caption_per_word_loop"] / seconds["caption_all_words"],
+        "caption_maps_all_over_one": seconds["caption_all_words_maps"] / seconds["caption_one_word_maps"],
+        "caption_maps_loop_over_all": seconds["caption_per_word_loop_maps"] / seconds["caption_all_words_maps"],
+        "caption_maps_lazy_over_eager": seconds["caption_all_words_maps"] / seconds["caption_all_words_eager"],
         "vqa_top3_over_top1": seconds["vqa_top3"] / seconds["vqa_top1"],
         "vqa_loop_over_top3": seconds["vqa_per_answer_loop"] / seconds["vqa_top3"],
     }
@@ -254,6 +273,62 @@ def guided(args: argparse.Namespace) -> dict:
     }
 
 
+CAPTION_10 = "a red circle and a blue triangle and a green"
+
+
+@section("vlm")
+def vlm(args: argparse.Namespace) -> dict:
+    """shapes-llava, all words of a 10-word caption: ``explain()`` with the default method (one
+    forward, one batched backward) vs the peers' per-token loop, written out plainly here: per
+    token, one forward with a hook on the same layer and one ``torch.autograd.grad`` of the
+    token's log-prob to the hooked output, then its Grad-CAM map. The loop's maps are checked
+    against mmcam's (``max_map_difference``)."""
+    import mmcam
+    from mmcam.data.scenes import make_split
+
+    adapter = mmcam.load("shapes-llava")
+    scorer, model = adapter.scorer, adapter.scorer.model
+    scene = make_split("test", 1)[0].image
+    tokens = scorer.tokenize(CAPTION_10)
+    pixels = scorer.preprocess(scene)[None]
+    text = torch.tensor([list(scorer.prefix) + list(tokens.ids)])
+    first = len(scorer.prefix) - 1
+    height, width = scorer.reshape.grid
+
+    def per_token_loop():
+        maps = []
+        for t, token in enumerate(tokens.ids):
+            captured = []
+            handle = model.get_submodule(adapter.layer_name).register_forward_hook(lambda m, i, o: captured.append(o))
+            try:
+                logits = model(pixel_values=pixels, input_ids=text).logits
+            finally:
+                handle.remove()
+            score = torch.log_softmax(logits[0, first + t], dim=-1)[token]
+            (gradient,) = torch.autograd.grad(score, captured[0])
+            patches, patch_gradients = captured[0][0, 1:].detach(), gradient[0, 1:]  # CLS dropped
+            weights = patch_gradients.mean(dim=0)  # Grad-CAM: gradients averaged over the grid
+            maps.append(torch.relu(patches @ weights).reshape(height, width))
+        return torch.stack(maps)
+
+    def ours():
+        return adapter.explain(scene, CAPTION_10)
+
+    seconds = median_seconds({"mmcam_all_words": ours, "per_token_loop": per_token_loop}, args.repeats)
+    explanation = adapter.explain(scene, CAPTION_10)
+    difference = float((per_token_loop() - torch.from_numpy(explanation.grid_maps)).abs().max())
+    return {
+        "model": "shapes-llava",
+        "layer": adapter.layer_name,
+        "method": adapter.default_method,
+        "words": len(tokens.words),
+        "tokens": len(tokens.ids),
+        "seconds": seconds,
+        "loop_over_all": seconds["per_token_loop"] / seconds["mmcam_all_words"],
+        "max_map_difference": difference,
+    }
+
+
 @section("memory")
 def memory(args: argparse.Namespace) -> dict:
     """Peak resident memory above the loaded model for all words of a 16-word caption: one
@@ -279,10 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append", help="run only these sections")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared machine)")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="wall-clock seconds (default) or the process's CPU seconds (fairer on a busy shared machine, with --threads 1)",
+    )
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"torch_threads": torch.get_num_threads()}
+    results = {"torch_threads": torch.get_num_threads(), "clock": args.clock}
     for name in args.only or SECTIONS:
         results[name] = SECTIONS[name](args)
         if not args.json:

@@ -91,7 +91,7 @@ def _add_caption(commands) -> None:
     command.add_argument("--beam", type=_positive_int, default=1, metavar="N", help="beam size when generating (default 1: greedy)")
     command.add_argument("--words", nargs="+", metavar="WORD", help="explain only these words (positions or words)")
     command.add_argument("--score", choices=["logprob", "logit"], default="logprob", help="y_t: log-prob (default) or pre-softmax logit")
-    command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"images per forward/backward pass with --format parquet (default {BATCH_SIZE})")
+    command.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help=f"images per forward/backward pass (default {BATCH_SIZE})")
     _add_dataset_options(command)
     _add_common(command, "shapes-captioner")
     command.set_defaults(run=_run_caption)
@@ -323,33 +323,30 @@ def _run_caption(args: argparse.Namespace) -> int:
         items = [_item(path, image, {"caption": args.caption}) for path, image in zip(args.images, images)]
     out = prepare_out(args.out)
 
+    def explain_group(group, stems):
+        explanations = adapter.explain_batch(
+            [_loaded(item) for item in group],
+            [item.fields.get("caption") for item in group],
+            words=args.words,
+            method=args.method,
+            beam_size=args.beam,
+            score=args.score,
+            guided=out is not None,
+            counterfactual=out is not None,
+            contrast=out is not None,
+        )
+        return [
+            caption_record(explanation, item.image, explanation.save(out, stem) if out else None)
+            for item, stem, explanation in zip(group, stems, explanations, strict=True)
+        ]
+
     def explain(batch, stems):
-        results = []
-        for item, stem in zip(batch, stems, strict=True):
-            try:
-                explanation = adapter.explain(
-                    _loaded(item),
-                    item.fields.get("caption"),
-                    words=args.words,
-                    method=args.method,
-                    beam_size=args.beam,
-                    score=args.score,
-                    guided=out is not None,
-                    counterfactual=out is not None,
-                    contrast=out is not None,
-                )
-                written = explanation.save(out, stem) if out else None
-                results.append(caption_record(explanation, item.image, written))
-            except Exception as error:  # in a batch, one bad item must not stop the rest
-                if not args.batch:
-                    raise
-                results.append(error)
-        return results
+        return _records_or_errors(explain_group, batch, stems, isolate=bool(args.batch))
 
     printer = emit if args.json else _print_caption
     settings = _settings("caption", args, ("caption", "words", "score", "beam"))
     stems = unique_stems([item.image for item in items])
-    return run_batch(items, stems, explain, printer, out=out, resume=args.resume, settings=settings)
+    return run_batch(items, stems, explain, printer, out=out, resume=args.resume, settings=settings, chunk=args.batch_size)
 
 
 def _run_vqa(args: argparse.Namespace) -> int:
@@ -406,15 +403,8 @@ def _run_vqa(args: argparse.Namespace) -> int:
         for position, item in enumerate(batch):
             by_count.setdefault(len(answers_of(item) or [None] * args.top), []).append(position)
         for positions in by_count.values():
-            try:
-                records = explain_group([batch[p] for p in positions], [stems[p] for p in positions])
-            except Exception as error:  # in a batch, one bad item must not stop the rest
-                if not args.batch or len(positions) == 1:
-                    if not args.batch:
-                        raise
-                    records = [error]
-                else:  # find the failing items one by one; the others still succeed
-                    records = [_first_or_error(explain_group, [batch[p]], [stems[p]]) for p in positions]
+            group = [batch[p] for p in positions]
+            records = _records_or_errors(explain_group, group, [stems[p] for p in positions], isolate=bool(args.batch))
             for position, record in zip(positions, records, strict=True):
                 results[position] = record
         return results
@@ -432,6 +422,20 @@ def _settings(command: str, args: argparse.Namespace, options: Sequence[str]) ->
 
     names = ("model", "weights", "layer", "method", *options)
     return {"command": command, "mmcam": __version__, **{name: getattr(args, name) for name in names}}
+
+
+def _records_or_errors(explain_group, group, stems, *, isolate: bool) -> list:
+    """``explain_group(group, stems)``'s records; with ``isolate`` (a --batch run), a failing
+    minibatch is redone item by item so that one bad item becomes its own error and the rest
+    still succeed. Without it the error propagates (one-line CLI error)."""
+    try:
+        return explain_group(group, stems)
+    except Exception as error:  # in a batch, one bad item must not stop the rest
+        if not isolate:
+            raise
+        if len(group) == 1:
+            return [error]
+        return [_first_or_error(explain_group, [item], [stem]) for item, stem in zip(group, stems, strict=True)]
 
 
 def _first_or_error(function, *arguments):

@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,22 +61,36 @@ class Explanation:
     indices: list[int]
     scores: np.ndarray
     grid_maps: np.ndarray
-    guided_gradients: np.ndarray | None = None
+    guided_gradients: np.ndarray | None = field(default=None, repr=False, compare=False)
     counterfactual_maps: np.ndarray | None = None
     contrast_maps: np.ndarray | None = None
     contrast_labels: list[str] = field(default_factory=list)
     attention_maps: np.ndarray | None = None
     guided_activations: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    guided_later: Callable[[], tuple[np.ndarray, dict[str, int]]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         count = len(self.labels)
         if self.grid_maps.ndim != 3 or self.grid_maps.shape[0] != count:
             raise ValueError(f"grid maps {self.grid_maps.shape} do not match {count} targets (T, h, w)")
-        if self.guided_gradients is not None and len(self.guided_gradients) != count:
-            raise ValueError(f"{len(self.guided_gradients)} rows of guided gradients for {count} targets")
-        if self._guided_method and self.guided_gradients is None:
+        if self._guided is not None and len(self._guided) != count:
+            raise ValueError(f"{len(self._guided)} rows of guided gradients for {count} targets")
+        if self._guided_method and self._guided is None and self.guided_later is None:
             raise ValueError(f"method {self.method} needs Guided Backprop gradients")
+
+    def _get_guided(self) -> np.ndarray | None:
+        # Guided Backprop made on first use (explain's default, guided="lazy"): one more forward
+        # pass under the guided gates, the same numbers as computing it with the maps
+        if self._guided is None and self.guided_later is not None:
+            gradients, activations = self.guided_later()
+            if len(gradients) != len(self.labels):
+                raise ValueError(f"{len(gradients)} rows of guided gradients for {len(self.labels)} targets")
+            self._guided, self.guided_activations, self.guided_later = gradients, dict(activations), None
+        return self._guided
+
+    def _set_guided(self, value: np.ndarray | None) -> None:
+        self._guided = value
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,6 +99,11 @@ class Explanation:
     def _guided_method(self) -> bool:
         """Whether the method is a ``guided_`` variant (map x |Guided Backprop|)."""
         return split_method(self.method)[1]
+
+    @property
+    def has_guided(self) -> bool:
+        """Whether Guided Backprop is available (computed, or to be computed on first use)."""
+        return self._guided is not None or self.guided_later is not None
 
     @property
     def guided_backprop(self) -> dict[str, Any] | None:
@@ -288,6 +308,11 @@ class Explanation:
     def save_figure(self, path: str | os.PathLike) -> Path:
         """Write :meth:`figure` as a PNG, atomically."""
         return _save_figure(path, self.figure())
+
+
+# ``guided_gradients`` reads through ``_get_guided``: Guided Backprop made on first use when the
+# explanation was made lazily. Installed after @dataclass has read the field's default.
+Explanation.guided_gradients = property(Explanation._get_guided, Explanation._set_guided)  # type: ignore[assignment]
 
 
 def _numpy(maps: torch.Tensor) -> np.ndarray:

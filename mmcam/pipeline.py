@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import GradCAM, GradientRecord
-from .core.gradcam import Inputs, Reshape, Target, map_tensors
+from .core.gradcam import LAZY, Inputs, LazyGuided, Reshape, Target, map_tensors
 from .core.layers import LayerSpec
 from .core.maps import raw_maps, split_method
 from .explanation import Explanation
@@ -26,6 +26,9 @@ from .io import LoadedImage
 
 # Explaining also computes the counterfactual maps (negated gradients): they cost no extra pass.
 DEFAULT_COUNTERFACTUAL = True
+# Guided Backprop is computed when an explanation first needs it (a guided_ method's maps, Guided
+# Grad-CAM images, saving): one more forward pass then, and none for callers that never look.
+DEFAULT_GUIDED = LAZY
 
 
 @dataclass(frozen=True)
@@ -84,17 +87,26 @@ def run_pass(
     targets: Sequence[Target],
     *,
     method: str,
-    guided: bool,
+    guided: bool | str,
     explained: int | None = None,
 ) -> tuple[GradCAM, GradientRecord]:
     """ONE forward pass and the batched backward passes of all ``targets``; the Guided Backprop
     gradients too when ``guided`` or when ``method`` is a ``guided_`` variant, for the first
     ``explained`` targets only (default: all): contrastive targets after them get the base
-    method's maps, and the costly guided pass is not paid for them. A record made on a GPU
-    comes back on the CPU (explanations hold NumPy arrays)."""
+    method's maps, and the costly guided pass is not paid for them. ``guided="lazy"``: the
+    record computes them when first asked (:class:`~mmcam.core.gradcam.LazyGuided`). A record made on a GPU
+    comes back on the CPU, a half-precision one in float32 (explanations hold NumPy arrays)."""
     cam = model_pass.engine(method)
     record = cam.gradients(inputs, targets, guided=guided or split_method(method)[1], guided_targets=explained)
-    return cam, record if record.scores.device.type == "cpu" else map_tensors(record, Tensor.cpu)
+    return cam, map_tensors(record, _cpu_float32)
+
+
+def _cpu_float32(tensor: Tensor) -> Tensor:
+    """A record's tensor on the CPU, half-precision floats (bf16/fp16 models) as float32: maps
+    are made and kept in float32 (NumPy has no bfloat16)."""
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.cpu()
 
 
 def explanations(
@@ -133,6 +145,7 @@ def explanations(
                 scores=record.scores[n, :count].numpy(),
                 grid_maps=grid[n, :count],
                 guided_gradients=None if guided is None else guided[n, :count],
+                guided_later=None if record.guided_later is None else _ItemGuided(record.guided_later, n, count),
                 counterfactual_maps=None if counter is None else counter[n, :count],
                 contrast_maps=grid[n, count : count + contrasts] if contrasts else None,
                 contrast_labels=list(item.contrast_labels),
@@ -142,3 +155,16 @@ def explanations(
             )
         )
     return results
+
+
+@dataclass(frozen=True)
+class _ItemGuided:
+    """Image ``item``'s rows of a lazily computed Guided Backprop: its first ``count`` targets."""
+
+    source: LazyGuided
+    item: int
+    count: int
+
+    def __call__(self) -> tuple[np.ndarray, dict[str, int]]:
+        gradients, applied = self.source.compute()
+        return gradients[self.item, : self.count].numpy(), applied

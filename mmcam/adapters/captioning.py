@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..pipeline import (
-    DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
+    DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
 )
 from ..targets import CaptionScores, ItemWordContrastTarget, ItemWordTarget, SummedTarget
 from ._scorer_adapter import ScorerAdapter
@@ -272,15 +272,16 @@ class CaptionOptions:
     ``words``: the words to explain (positions or words; default all); ``method``: a map method
     (default: the adapter's); ``beam_size``: beam search width when the caption is generated;
     ``score``: y^c of a word, ``"logprob"`` (default) or ``"logit"``; ``whole_caption``: also a
-    map for the sum of the words' log-probs; ``guided``: compute Guided Backprop (for Guided
-    Grad-CAM); ``contrast``: also each word against the runner-up word at its first token."""
+    map for the sum of the words' log-probs; ``guided``: Guided Backprop (for Guided Grad-CAM
+    and ``guided_`` methods) on first use (``"lazy"``, default: one more forward pass when a map
+    needs it), in the same pass (True) or not at all (False); ``contrast``: also each word against the runner-up word at its first token."""
 
     words: Sequence[int | str] | None = None
     method: str | None = None
     beam_size: int = 1
     score: str = "logprob"
     whole_caption: bool = False
-    guided: bool = True
+    guided: bool | str = DEFAULT_GUIDED
     contrast: bool = True
 
     @classmethod

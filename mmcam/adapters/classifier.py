@@ -13,7 +13,7 @@ from torch import nn
 from ..core.layers import LayerSpec, resolve_layer
 from ..explanation import Explanation
 from ..io import ImageLike, InputError, load_image, to_tensor
-from ..pipeline import DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, run_pass
+from ..pipeline import DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, run_pass
 from ..targets import ClassTarget, TopClassTarget
 
 ClassRef = int | str
@@ -71,12 +71,13 @@ class ClassifierAdapter:
         targets: Sequence[ClassRef] | None = None,
         *,
         method: str | None = None,
-        guided: bool = True,
+        guided: bool | str = DEFAULT_GUIDED,
         counterfactual: bool = DEFAULT_COUNTERFACTUAL,
         top: int = 5,
     ) -> list[Explanation]:
         """Explain ``targets`` (labels or indices; default: each image's top prediction) for
-        every image, all from one forward pass over the batch."""
+        every image, all from one forward pass over the batch. ``guided``: Guided Backprop on
+        first use (``"lazy"``, default), in the same pass (True) or not at all (False)."""
         loaded = [load_image(image) for image in images]
         method = method or self.default_method
         indices = [self.class_index(target) for target in targets] if targets else None

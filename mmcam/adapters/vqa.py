@@ -24,7 +24,7 @@ from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..core.maps import split_method
 from ..pipeline import (
-    DEFAULT_COUNTERFACTUAL, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
+    DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
 )
 from ..targets import ChosenClassTarget, ContrastTarget
 from ._scorer_adapter import ScorerAdapter
@@ -273,12 +273,13 @@ class VQAAdapter(ScorerAdapter):
 class VQAOptions:
     """How answers are explained: the keyword options of :meth:`VQAAdapter.explain`,
     ``explain_batch`` and ``run``. ``top``: explain each item's best ``top`` answers when it
-    gives none; ``method``: a map method (default: the adapter's); ``guided``: compute Guided
-    Backprop; ``contrast``: ``(a, b)``, also a map for score(a) - score(b)."""
+    gives none; ``method``: a map method (default: the adapter's); ``guided``: Guided
+    Backprop on first use (``"lazy"``, default), in the same pass (True) or not at all (False);
+    ``contrast``: ``(a, b)``, also a map for score(a) - score(b)."""
 
     top: int = 1
     method: str | None = None
-    guided: bool = True
+    guided: bool | str = DEFAULT_GUIDED
     contrast: tuple[str | int, str | int] | None = None
 
     @classmethod

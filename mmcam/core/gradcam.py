@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -55,6 +56,7 @@ class GradientRecord:
     extra_gradients: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     layout: str = "NCHW"
     guided_activations: dict[str, int] = dataclasses.field(default_factory=dict)
+    guided_later: LazyGuided | None = None
 
 
 class GradCAM:
@@ -167,19 +169,29 @@ class GradCAM:
         return maps
 
     def gradients(
-        self, inputs: Inputs, targets: Sequence[Target], *, guided: bool = False, guided_targets: int | None = None
+        self,
+        inputs: Inputs,
+        targets: Sequence[Target],
+        *,
+        guided: bool | str = False,
+        guided_targets: int | None = None,
     ) -> GradientRecord:
         """One forward pass and the batched backward passes of all ``targets``.
 
         With ``guided=True`` the forward runs under :func:`guided_backprop` and the record also
         holds Guided Backprop's gradients with respect to the image tensor, for the first
-        ``guided_targets`` targets (default: all; Guided Backprop is the costly pass). Raises when no
+        ``guided_targets`` targets (default: all; Guided Backprop is the costly pass); with
+        ``guided="lazy"`` the pass is plain and the record's ``guided_later``
+        (:class:`LazyGuided`) computes the same gradients when first asked. Raises when no
         gradient can reach the layer (or, guided, the image), naming the cause; warns when a
         target's gradient at the layer is zero everywhere (an all-zero map).
         """
         targets = list(targets)
         if not targets:
             raise ValueError("no targets given; pass at least one target callable")
+        if guided not in (True, False, LAZY):
+            raise ValueError(f"guided must be True, False or {LAZY!r}, not {guided!r}")
+        later, guided = guided == LAZY, guided is True
         with ExitStack() as stack:
             stack.enter_context(model_lock(self.model))
             prune = self.graph_from_layer and not guided
@@ -228,27 +240,15 @@ class GradCAM:
             guided_activations: dict[str, int] = {}
             if guided:
                 guided_activations = dict(switch.applied)
-                if not guided_activations:
-                    raise RuntimeError(
-                        "Guided Backprop found no activation function (ReLU, GELU, SiLU, ...) in the "
-                        "forward pass to apply its rule to; use a method without guided_"
-                    )
-                switch.guided = True
                 columns = len(targets) if guided_targets is None else min(guided_targets, len(targets))
-                if gates_at_capture == [sum(guided_activations.values())] and raw_activation.grad_fn is not None:
-                    # no gate runs after the layer: the guided and plain gradients there are the
-                    # same, so only the layers before it are traversed again (exact, cheaper)
-                    cotangents = activation_gradients[:, :columns].transpose(0, 1)
-                    (input_gradients,) = propagate(raw_activation, [image], cotangents, chunk_size=self.chunk_size)
-                else:
-                    (input_gradients,) = target_gradients(scores[:, :columns], [image], chunk_size=self.chunk_size)
-                if input_gradients is None:
-                    raise RuntimeError(
-                        "Guided Backprop needs the gradient at the image, but the forward pass cuts the "
-                        f"graph before layer {self.layer_name!r} ({graph.cause(self.layer_name)}); "
-                        "use a method without guided_"
-                    )
+                input_gradients = self._guided_input_gradients(
+                    switch, gates_at_capture, raw_activation, activation_gradients[:, :columns], scores[:, :columns], image, graph
+                )
         image_size = (int(image.shape[-2]), int(image.shape[-1]))
+        guided_later = None
+        if later:
+            columns = len(targets) if guided_targets is None else min(guided_targets, len(targets))
+            guided_later = LazyGuided(self, inputs, targets[:columns], activation_gradients[:, :columns].detach())
         activations, gradients, layout = self._to_grid(
             raw_activation.detach(), activation_gradients, image_size, int(image.shape[0])
         )
@@ -269,7 +269,70 @@ class GradCAM:
             },
             layout=layout,
             guided_activations=guided_activations,
+            guided_later=guided_later,
         )
+
+    def _guided_input_gradients(
+        self,
+        switch: Any,
+        gates_at_capture: list[int],
+        raw_activation: Tensor,
+        layer_gradients: Tensor,
+        scores: Tensor,
+        image: Tensor,
+        graph: RecordGraph,
+    ) -> Tensor:
+        """Guided Backprop gradients (N, T', C, H, W) at ``image`` for the targets whose plain
+        gradients at the layer are ``layer_gradients`` (N, T', ...) and scores ``scores`` (N, T'),
+        after a forward pass under ``switch`` (its gates counted in ``gates_at_capture`` when the
+        layer ran)."""
+        if not switch.applied:
+            raise RuntimeError(
+                "Guided Backprop found no activation function (ReLU, GELU, SiLU, ...) in the "
+                "forward pass to apply its rule to; use a method without guided_"
+            )
+        switch.guided = True
+        if gates_at_capture == [sum(switch.applied.values())] and raw_activation.grad_fn is not None:
+            # no gate runs after the layer: the guided and plain gradients there are the
+            # same, so only the layers before it are traversed again (exact, cheaper)
+            (input_gradients,) = propagate(raw_activation, [image], layer_gradients.transpose(0, 1), chunk_size=self.chunk_size)
+        else:
+            (input_gradients,) = target_gradients(scores, [image], chunk_size=self.chunk_size)
+        if input_gradients is None:
+            raise RuntimeError(
+                "Guided Backprop needs the gradient at the image, but the forward pass cuts the "
+                f"graph before layer {self.layer_name!r} ({graph.cause(self.layer_name)}); "
+                "use a method without guided_"
+            )
+        return input_gradients
+
+    def _guided_later(self, inputs: Inputs, targets: Sequence[Target], layer_gradients: Tensor) -> tuple[Tensor, dict[str, int]]:
+        """The Guided Backprop pass of :meth:`gradients` run afterwards: a forward pass under
+        the guided gates, then the stored plain layer gradients (N, T', ...) propagated to the
+        image (or, where a gate follows the layer, the targets' own backward)."""
+        with ExitStack() as stack:
+            stack.enter_context(model_lock(self.model))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(eval_mode(self.model, self.eval_mode))
+            image_key, image = _find_image(inputs, self.image_arg)
+            image = image.detach().clone().requires_grad_(True)
+            inputs = _replace(inputs, image_key, image)
+            switch = stack.enter_context(guided_backprop(self.model))
+            graph = RecordGraph(active=True)
+            gates_at_capture: list[int] = []
+            captured = stack.enter_context(
+                capture_output(self.layer, on_capture=lambda: gates_at_capture.append(sum(switch.applied.values())))
+            )
+            with graph:
+                output = _call(self.forward or self.model, inputs)
+                _check_captured(self.layer_name, captured)
+                scores, _ = _stack_scores(output, targets, batch=image.shape[0])
+            switch.guided = False
+            gradients = self._guided_input_gradients(
+                switch, gates_at_capture, captured.activation, layer_gradients.to(image.device), scores, image, graph
+            )
+            return gradients.detach(), dict(switch.applied)
+
 
     def _to_grid(
         self, activations: Tensor, gradients: Tensor, image_size: tuple[int, int], batch: int
@@ -304,6 +367,50 @@ class GradCAM:
                 "reshape; a (N, C, h, w) grid is needed: pass reshape=TokenGrid(...) for token layouts"
             )
         return grid, grid_gradients, described
+
+
+LAZY = "lazy"
+
+
+class LazyGuided:
+    """Guided Backprop gradients at the image for a record made with ``guided="lazy"``:
+    computed once, on the first :meth:`compute`, by a second forward pass under the guided gates
+    and the record's own plain gradients at the layer propagated back (the same numbers the
+    eager pass gives). The model must be as it was: a changed weight or buffer is refused."""
+
+    def __init__(self, cam: GradCAM, inputs: Inputs, targets: Sequence[Target], layer_gradients: Tensor) -> None:
+        self._cam, self._inputs, self._targets = cam, _detached(inputs), list(targets)
+        self._layer_gradients = layer_gradients
+        self._fingerprint = _fingerprint(cam.model)
+        self._lock = threading.Lock()
+        self._result: tuple[Tensor, dict[str, int]] | None = None
+
+    def compute(self) -> tuple[Tensor, dict[str, int]]:
+        """(N, T', C, H, W) Guided Backprop gradients (on the CPU) and the guided activation counts."""
+        with self._lock:
+            if self._result is None:
+                if _fingerprint(self._cam.model) != self._fingerprint:
+                    raise RuntimeError(
+                        "the model's weights changed after it was explained; Guided Backprop is computed "
+                        "on first use from the same model: explain again, or pass guided=True to compute it at once"
+                    )
+                gradients, applied = self._cam._guided_later(self._inputs, self._targets, self._layer_gradients)
+                self._result = gradients.cpu().float(), applied
+                self._inputs = self._layer_gradients = None  # type: ignore[assignment]
+            return self._result
+
+
+def _fingerprint(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Which tensors the model holds and their in-place version counters."""
+    return tuple((id(tensor), tensor._version) for tensor in [*model.parameters(), *model.buffers()])
+
+
+def _detached(inputs: Inputs) -> Inputs:
+    if isinstance(inputs, Tensor):
+        return inputs.detach()
+    if isinstance(inputs, Mapping):
+        return {key: value.detach() if isinstance(value, Tensor) else value for key, value in inputs.items()}
+    return tuple(value.detach() if isinstance(value, Tensor) else value for value in inputs)
 
 
 def _check_captured(layer_name: str, captured) -> None:

@@ -68,9 +68,12 @@ def raw_maps(record: GradientRecord, method: str, *, counterfactual: bool = Fals
 
 def guided_magnitude(record: GradientRecord) -> Tensor:
     """|Guided Backprop| summed over colour channels, (N, T, H_in, W_in) at the model input."""
-    if record.input_gradients is None:
+    gradients = record.input_gradients
+    if gradients is None and record.guided_later is not None:
+        gradients = record.guided_later.compute()[0]  # made with guided="lazy": computed now
+    if gradients is None:
         raise ValueError("the record has no guided gradients; compute it with guided=True")
-    return record.input_gradients.abs().sum(dim=2)
+    return gradients.abs().sum(dim=2)
 
 
 def at_size(grid_maps: Tensor, size: tuple[int, int], magnitude: Tensor | None = None) -> Tensor:
