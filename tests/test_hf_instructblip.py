@@ -172,6 +172,14 @@ def test_answer_score_is_log_p_of_answer_and_end(answerer, shape: str) -> None:
         scores = scorer.score(pixels, scorer.collate([question]), [[tuple(answer), other]])
     assert scores.shape == (1, 2)
     torch.testing.assert_close(scores[0, 0], expected, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the generated answer is generate's continuation, up to the end token
+        greedy = scorer.model.generate(
+            pixel_values=pixels, qformer_input_ids=torch.tensor([qformer]), input_ids=torch.tensor([prompt]),
+            max_new_tokens=scorer.max_new_tokens, min_new_tokens=1, do_sample=False,
+        )[0, first:].tolist()
+        ((text, ids),) = scorer.generate_answers(pixels, scorer.collate([question]), 1)[0]
+    assert list(ids) == (greedy[: greedy.index(scorer.end_id)] if scorer.end_id in greedy else greedy)
+    assert text == scorer.tokenizer.decode(ids, skip_special_tokens=True).strip() and ids
 
 
 def test_vqa_answers_at_once_equal_each_alone_and_batch_equals_single(answerer) -> None:

@@ -77,19 +77,20 @@ class LeadingImageTokens:
         return Layout("tokens", self.grid, self.skip)
 
     @property
-    def _end(self) -> int:
+    def end(self) -> int:
+        """One past the last image position."""
         return self.skip + self.grid[0] * self.grid[1]
 
     def __call__(self, states: Tensor) -> Tensor:
         """(B, L, C) -> (B, C, h, w)."""
-        return self._layout()(states[:, : self._end])
+        return self._layout()(states[:, : self.end])
 
     def gradients(self, gradients: Tensor) -> Tensor:
         """(T, B, L, C) -> (B, T, C, h, w)."""
-        return self._layout().gradients(gradients[:, :, : self._end])
+        return self._layout().gradients(gradients[:, :, : self.end])
 
     def describe(self) -> str:
-        return f"image tokens {self.grid[0]}x{self.grid[1]} at positions {self.skip}-{self._end - 1}, the rest not mapped"
+        return f"image tokens {self.grid[0]}x{self.grid[1]} at positions {self.skip}-{self.end - 1}, the rest not mapped"
 
 
 def layer_layout(loaded: Loaded, layer: str) -> Layout | TokenGrid | LeadingImageTokens:
@@ -164,11 +165,16 @@ def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> Cap
     text = config.text_config
     start = _first_id("decoder_start_token_id", generation.decoder_start_token_id, text.decoder_start_token_id)
     forced = generation.forced_bos_token_id if generation.forced_bos_token_id is not None else text.forced_bos_token_id
+    prompt = prompt_ids(processor, instruction or DEFAULT_TASK, loaded.image.size)
+    layout = layer_layout(loaded, layer)
+    if isinstance(layout, LeadingImageTokens) and prompt[: layout.end] != (config.image_token_id,) * layout.end:
+        raise InputError(
+            f"{loaded.name}'s processor does not put the image tokens first in the prompt; choose a vision tower layer"
+        )
     scorer = PromptedCaptioner(
-        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, layer_layout(loaded, layer),
+        loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, layout,
         prefix=(start,) if forced is None else (start, int(forced)),
-        end_ids=_end_ids(generation.eos_token_id, text.eos_token_id), text_argument="decoder_input_ids",
-        prompt_ids=prompt_ids(processor, instruction or DEFAULT_TASK, loaded.image.size),
+        end_ids=_end_ids(generation.eos_token_id, text.eos_token_id), text_argument="decoder_input_ids", prompt_ids=prompt,
     )
     return CaptionAdapter(scorer)
 

@@ -237,11 +237,12 @@ class InstructBlipAnswerScorer(BlipAnswerScorer):
         """The language model's logits (R, L, V) for rows of prompt ids (and answers, or
         ``decoder_rows`` for an encoder-decoder) whose image placeholders hold ``queries``
         (R, Q, D); right-padded, the padding masked."""
-        device = queries.device
+        embedding = self.model.get_input_embeddings()
+        device = embedding.weight.device  # the language model may sit on another device than the queries
         ids = pad_ids(prompt_rows, self.end_id).to(device)
-        embeds = self.model.get_input_embeddings()(ids)
+        embeds = embedding(ids)
         placeholders = ids == self.model.config.image_token_id
-        embeds = embeds.masked_scatter(placeholders[..., None], queries.to(embeds.dtype))
+        embeds = embeds.masked_scatter(placeholders[..., None], queries.to(device, embeds.dtype))
         inputs = {"inputs_embeds": embeds, "attention_mask": pad_ids([[1] * len(row) for row in prompt_rows], 0).to(device)}
         if decoder_rows is not None:
             inputs["decoder_input_ids"] = pad_ids(decoder_rows, self.end_id).to(device)
