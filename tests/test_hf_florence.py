@@ -19,7 +19,7 @@ from hf_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from mmcam.cli import main
 from mmcam.errors import InputError
 from test_hf_cli import CAPTION_KEYS
-from vlm_checks import check_one_cell_lit, check_words_at_once_equal_each_alone
+from vlm_checks import check_generated_batch_equals_single, check_one_cell_lit, check_words_at_once_equal_each_alone
 from vlm_fixtures import SHAPES, llava_image
 from vlm_florence_fixtures import GRID, saved_florence
 
@@ -104,6 +104,10 @@ def test_maps_lie_on_the_image_token_layout(shape: str) -> None:
 @pytest.mark.parametrize("layer", [None, ENCODER])
 def test_every_word_at_once_equals_each_word_alone(layer: str | None) -> None:
     check_words_at_once_equal_each_alone(_captioner(layer), llava_image("wide"), CAPTION)
+
+
+def test_captions_generated_in_a_batch_equal_each_alone() -> None:
+    check_generated_batch_equals_single(_captioner(), [llava_image("wide"), llava_image("tall")])
 
 
 @pytest.mark.parametrize("layer", [PROJECTOR, ENCODER])

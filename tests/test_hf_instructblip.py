@@ -22,7 +22,7 @@ from mmcam.cli import main
 from mmcam.errors import InputError
 from test_hf_cli import CAPTION_KEYS, VQA_KEYS
 from test_hf_llava import _state
-from vlm_checks import check_one_cell_lit, check_words_at_once_equal_each_alone
+from vlm_checks import check_generated_batch_equals_single, check_one_cell_lit, check_words_at_once_equal_each_alone
 from vlm_fixtures import SHAPES, llava_image
 from vlm_instructblip_fixtures import QUERY_TOKENS, saved_instructblip
 
@@ -129,6 +129,10 @@ def test_the_map_is_the_vision_towers_patch_grid(captioner, shape: str) -> None:
 
 def test_every_word_at_once_equals_each_word_alone(captioner) -> None:
     check_words_at_once_equal_each_alone(captioner, llava_image("wide"), CAPTION)
+
+
+def test_captions_generated_in_a_batch_equal_each_alone(captioner) -> None:
+    check_generated_batch_equals_single(captioner, [llava_image("wide"), llava_image("tall")])
 
 
 @pytest.mark.parametrize(("language", "shape"), [("llama", "wide"), ("llama", "tall"), ("t5", "tall")])

@@ -52,3 +52,15 @@ def image_pixels(image) -> np.ndarray:
     from PIL import Image
 
     return np.array(Image.open(image).convert("RGB"))
+
+
+def check_generated_batch_equals_single(captioner, images) -> None:
+    """Captions generated for a minibatch of images (one ``generate`` call) and their maps equal
+    each image's own :meth:`explain`."""
+    together = captioner.explain_batch(images, guided=False, contrast=False)
+    for image, batched in zip(images, together, strict=True):
+        alone = captioner.explain(image, guided=False, contrast=False)
+        assert batched.labels == alone.labels and batched.labels
+        largest = np.abs(alone.grid_maps).max()
+        np.testing.assert_allclose(batched.grid_maps, alone.grid_maps, atol=1e-5 * largest, rtol=0)
+        np.testing.assert_allclose(batched.scores, alone.scores, atol=1e-5)
