@@ -253,6 +253,25 @@ def test_answer_score_is_log_p_of_answer_and_end(answerers, processors, family: 
     assert_same_state(before, model_state(model))
 
 
+def test_a_generated_answer_ends_at_any_end_token(answerers, processors) -> None:
+    """Gemma 3 stops at ``<eos>`` or ``<end_of_turn>``: an answer the model closes with ``<eos>``
+    (made likely here from its second token on) holds neither, and is scored closed by
+    ``<end_of_turn>``."""
+    adapter = answerers["gemma3"]
+    model, eos = adapter.scorer.model, processors["gemma3"].tokenizer.eos_token_id
+    boost = torch.zeros(model.config.text_config.vocab_size)
+    boost[eos] = 100.0
+    handle = model.lm_head.register_forward_hook(lambda _module, _args, output: output + boost)
+    question = adapter.scorer.collate([adapter.scorer.tokenize(QUESTION)])
+    try:
+        ((text, ids),) = adapter.scorer.generate_answers(_pixels(adapter, "square"), question, 1)[0]
+        explanation = adapter.explain(llava_image("square"), QUESTION, guided=False)
+    finally:
+        handle.remove()
+    assert len(ids) == 1 and not set(ids) & {eos, adapter.scorer.end_id}
+    assert explanation.labels == [text] == [processors["gemma3"].tokenizer.decode(ids).strip()]
+
+
 def test_clear_errors() -> None:
     with pytest.raises(InputError, match="no chat template"):
         mmcam.load(f"hf:{saved_gemma3('no-template')}")

@@ -54,7 +54,7 @@ from .llava import (
     LlavaCaptioner, LlavaPrompt, _inside, layer_layout,
 )
 from .loading import Loaded, _end_ids, _first_id, processor_of
-from .vqa import GenerativeVQAAdapter
+from .vqa import Candidate, GenerativeVQAAdapter
 
 PALIGEMMA_CAPTION = "caption en"
 PALIGEMMA_QUESTION = "answer en "
@@ -163,7 +163,24 @@ class GemmaCaptioner(LlavaCaptioner):
 @dataclass
 class GemmaAnswerScorer(LlavaAnswerScorer):
     """A :class:`LlavaAnswerScorer` whose language model also reads ``token_type_ids`` and whose
-    image features are the projector's output on the vision tower's last hidden state."""
+    image features are the projector's output on the vision tower's last hidden state. A
+    generated answer ends at the first of ``end_ids`` (Gemma 3 stops at ``<eos>`` or
+    ``<end_of_turn>``); y^c closes it with ``end_id``."""
+
+    end_ids: tuple[int, ...] = ()
+
+    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
+        answers = []
+        for item in super().generate_answers(images, question_ids, count):
+            distinct: dict[str, Candidate] = {}
+            for text, ids in item:
+                ends = [position for position, token in enumerate(ids) if token in self.end_ids]
+                if ends:
+                    ids = ids[: ends[0]]
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
+                distinct.setdefault(text.lower(), (text, tuple(ids)))
+            answers.append(list(distinct.values()))
+        return answers
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.model.model.get_image_features(pixel_values=images).pooler_output
@@ -225,7 +242,7 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaAnswerScorer(
         loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer, embedding_layer=None,
-        reshape=reshape, prompt=prompt, placeholders=rows,
+        reshape=reshape, prompt=prompt, placeholders=rows, end_ids=_end_tokens(loaded),
         end_id=_answer_end(prompt, _end_tokens(loaded)),
     )
     return GenerativeVQAAdapter(scorer)
