@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from ..core.layers import resolve_layer
+from ..core.maps import split_method
+
+Options = TypeVar("Options")
 
 
 @dataclass
@@ -22,3 +25,16 @@ class ScorerAdapter:
     @property
     def name(self) -> str:
         return self.scorer.name
+
+
+def checked_options(options_class: type[Options], options: dict[str, Any], what: str) -> Options:
+    """``options_class(**options)`` (a dataclass of keyword options with a ``method`` field),
+    checked before any work: an unknown keyword names the accepted ones, an unknown method fails."""
+    names = [item.name for item in fields(options_class)]  # type: ignore[arg-type]
+    unknown = set(options) - set(names)
+    if unknown:
+        raise TypeError(f"unknown {what} option(s) {', '.join(sorted(unknown))}; accepted: {', '.join(names)}")
+    settings = options_class(**options)
+    if getattr(settings, "method", None) is not None:
+        split_method(settings.method)  # type: ignore[attr-defined]
+    return settings

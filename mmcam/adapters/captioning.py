@@ -9,7 +9,7 @@ words of a caption from ONE forward pass and one batched backward pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from ..core import GradCAM, GradientRecord
 from ..core.gradcam import Target
 from ..core.hooks import model_lock
-from ..core.maps import split_method
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
@@ -27,7 +26,7 @@ from ..pipeline import (
     DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
 )
 from ..targets import CaptionScores, ItemWordContrastTarget, ItemWordTarget, SummedTarget
-from ._scorer_adapter import ScorerAdapter
+from ._scorer_adapter import ScorerAdapter, checked_options
 
 SCORES = ("logprob", "logit")
 
@@ -287,15 +286,9 @@ class CaptionOptions:
     @classmethod
     def of(cls, options: dict[str, Any]) -> CaptionOptions:
         """Options from keywords, checked: an unknown keyword, score or method fails before any work."""
-        unknown = set(options) - {item.name for item in fields(cls)}
-        if unknown:
-            accepted = ", ".join(item.name for item in fields(cls))
-            raise TypeError(f"unknown caption option(s) {', '.join(sorted(unknown))}; accepted: {accepted}")
-        settings = cls(**options)
+        settings = checked_options(cls, options, "caption")
         if settings.score not in SCORES:
             raise InputError(f"unknown score {settings.score!r}; choose one of: {', '.join(SCORES)}")
-        if settings.method is not None:
-            split_method(settings.method)
         return settings
 
 

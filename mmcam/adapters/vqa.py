@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,12 +22,11 @@ from ..core import GradCAM, GradientRecord
 from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
-from ..core.maps import split_method
 from ..pipeline import (
     DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
 )
 from ..targets import ChosenClassTarget, ContrastTarget
-from ._scorer_adapter import ScorerAdapter
+from ._scorer_adapter import ScorerAdapter, checked_options
 
 
 @dataclass(frozen=True)
@@ -285,14 +284,7 @@ class VQAOptions:
     @classmethod
     def of(cls, options: dict[str, Any]) -> VQAOptions:
         """Options from keywords, checked: an unknown keyword or method fails before any work."""
-        unknown = set(options) - {item.name for item in fields(cls)}
-        if unknown:
-            accepted = ", ".join(item.name for item in fields(cls))
-            raise TypeError(f"unknown VQA option(s) {', '.join(sorted(unknown))}; accepted: {accepted}")
-        settings = cls(**options)
-        if settings.method is not None:
-            split_method(settings.method)
-        return settings
+        return checked_options(cls, options, "VQA")
 
 
 @dataclass(frozen=True)
