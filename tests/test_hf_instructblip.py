@@ -73,9 +73,11 @@ def test_the_prompt_is_the_processors_own(captioner, answerer) -> None:
     processor = _processor()
     expected = processor(images=Image.open(llava_image("wide")), text=DEFAULT_INSTRUCTION)
     scorer = captioner.scorer
-    assert scorer.prompt_ids == tuple(expected["input_ids"][0]) and scorer.extra_ids["qformer_input_ids"] == tuple(expected["qformer_input_ids"][0])
+    assert scorer.prompt_ids == tuple(expected["input_ids"][0])
+    assert scorer.extra_ids["qformer_input_ids"] == tuple(expected["qformer_input_ids"][0])
     image_id = scorer.model.config.image_token_id
-    assert scorer.prompt_ids[:QUERY_TOKENS] == (image_id,) * QUERY_TOKENS and scorer.prompt_ids.count(image_id) == QUERY_TOKENS
+    placeholders = tuple(token for token in scorer.prompt_ids if token == image_id)
+    assert scorer.prompt_ids[:QUERY_TOKENS] == (image_id,) * QUERY_TOKENS == placeholders
     bos = processor.tokenizer.bos_token_id
     assert scorer.prompt_ids[QUERY_TOKENS] == bos  # the tokenizer's own <s>, after the placeholders
     if _decoder_only(captioner):
@@ -93,9 +95,10 @@ def test_the_prompt_is_the_processors_own(captioner, answerer) -> None:
 def test_teacher_forced_scores_equal_generate(captioner, shape: str) -> None:
     scorer = captioner.scorer
     pixels = _pixels(captioner, shape)
+    qformer = torch.tensor([scorer.extra_ids["qformer_input_ids"]])
     with torch.no_grad():
         generated = scorer.model.generate(
-            pixel_values=pixels, qformer_input_ids=torch.tensor([scorer.extra_ids["qformer_input_ids"]]), input_ids=torch.tensor([scorer.prompt_ids]),
+            pixel_values=pixels, qformer_input_ids=qformer, input_ids=torch.tensor([scorer.prompt_ids]),
             max_new_tokens=scorer.max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True,
         )
         tokens = scorer.caption_of(generated.sequences[0].tolist())
