@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ...core import resolve_layer
+from ...core import TokenGrid, resolve_layer
 from ...errors import InputError
 from ..captioning import CaptionAdapter
 from .llava import (
@@ -136,7 +136,7 @@ def image_token_grid(prompt: LlavaPrompt, model: nn.Module) -> tuple[int, int]:
     return side, side
 
 
-def layout(prompt: LlavaPrompt, model: nn.Module, layer: str) -> tuple[Any, ImageTokenRows]:
+def layout(prompt: LlavaPrompt, model: nn.Module, layer: str) -> tuple[TokenGrid | ImageTokenRows, ImageTokenRows]:
     """The reshape of ``layer``'s output onto the image (see the module docstring) and the image
     placeholders' rows that the scorer records on each forward; InputError for a layer with no
     image tokens (or the last language-model layer, whose image-token states reach no score)."""
@@ -202,7 +202,7 @@ def _prompt(loaded: Loaded, task: str = "") -> LlavaPrompt:
     processor = processor_of(loaded)
     if loaded.image is None:
         raise InputError(f"{loaded.name}: the image processor names no fixed input size")
-    if type(loaded.model).__name__.startswith("PaliGemma"):
+    if _is_paligemma(loaded.model):
         prompt: LlavaPrompt = PaliGemmaPrompt(processor, loaded.image, loaded.name, task)
     else:
         prompt = Gemma3Prompt(processor, loaded.image, loaded.name)
@@ -214,6 +214,10 @@ def _prompt(loaded: Loaded, task: str = "") -> LlavaPrompt:
     return prompt
 
 
+def _is_paligemma(model: nn.Module) -> bool:
+    return "paligemma" in model.config.model_type
+
+
 def _end_tokens(loaded: Loaded) -> tuple[int, ...]:
     config, generation = loaded.model.config, loaded.model.generation_config
     return _end_ids(generation.eos_token_id, config.text_config.eos_token_id)
@@ -222,9 +226,8 @@ def _end_tokens(loaded: Loaded) -> tuple[int, ...]:
 def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> CaptionAdapter:
     """The caption follows the prompt: PaliGemma's task prefix (``caption en``) or Gemma 3's
     user turn with ``instruction`` (``Describe the image.``) and the image."""
-    paligemma = type(loaded.model).__name__.startswith("PaliGemma")
     prompt = _prompt(loaded)
-    text = instruction or (PALIGEMMA_CAPTION if paligemma else DEFAULT_INSTRUCTION)
+    text = instruction or (PALIGEMMA_CAPTION if _is_paligemma(loaded.model) else DEFAULT_INSTRUCTION)
     reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaCaptioner(
         loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, reshape,
@@ -237,8 +240,7 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     """The question in the model's prompt (PaliGemma: ``answer en QUESTION``; Gemma 3: the user
     turn); y^c = log p(answer + end | prompt), the end being the token the model closes its
     answer with (Gemma 3's chat template: ``<end_of_turn>``)."""
-    paligemma = type(loaded.model).__name__.startswith("PaliGemma")
-    prompt = _prompt(loaded, PALIGEMMA_QUESTION if paligemma else "")
+    prompt = _prompt(loaded, PALIGEMMA_QUESTION if _is_paligemma(loaded.model) else "")
     reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaAnswerScorer(
         loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer, embedding_layer=None,
