@@ -6,6 +6,7 @@ token a score is made to read; every word at once equals each alone; the model i
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 
@@ -233,6 +234,9 @@ def test_every_word_at_once_equals_each_word_alone_and_the_model_is_unchanged(ar
     before, hooks = _state(model), _hooks(model)
     together = captioner.explain(llava_image("tall"), CAPTION, guided=True, contrast=False)
     assert together.labels == CAPTION.split() and np.abs(together.grid_maps).max() > 0
+    # Guided Backprop reaches the resized image through the patches built in the forward
+    assert together.guided_gradients.shape == (3, 3, 40, 24)
+    assert (np.abs(together.guided_gradients).max(axis=(1, 2, 3)) > 0).all()
     for index in range(len(together.labels)):
         alone = captioner.explain(llava_image("tall"), CAPTION, words=[index], guided=False, contrast=False)
         np.testing.assert_allclose(alone.grid_maps[0], together.grid_maps[index], atol=1e-5, rtol=0)
@@ -281,6 +285,15 @@ def test_clear_errors() -> None:
         mmcam.load(f"hf:{saved_qwen(CLASSES[0])}", layer="model.visual.patch_embed")
     with pytest.raises(InputError, match="last layer"):  # its image-token states reach no later token
         mmcam.load(f"hf:{saved_qwen(CLASSES[0])}?task=vqa", layer="model.language_model.layers.1")
+
+
+def test_a_processor_whose_patches_differ_from_the_towers_is_refused() -> None:
+    from mmcam.adapters.hf.qwen_vl_inputs import QwenImages
+
+    vision = copy.deepcopy(_loaded(CLASSES[0]).model.config.vision_config)
+    vision.patch_size = 14
+    with pytest.raises(InputError, match="vision tower"):
+        QwenImages.of(_processor(CLASSES[0]).image_processor, vision, "hf:x")
 
 
 def test_the_instruction_is_an_option() -> None:

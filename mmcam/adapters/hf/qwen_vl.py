@@ -107,8 +107,10 @@ class QwenPrompt:
             raise InputError(
                 f"{self.name}'s processor has no chat template (chat_template.jinja); save the processor with one"
             )
-        if getattr(self.processor.tokenizer, "image_token_id", None) is None and getattr(self.processor, "image_token_id", None) is None:
-            raise InputError(f"{self.name}'s tokenizer has no image token (extra_special_tokens image_token)")
+        tokenizer, token = self.processor.tokenizer, getattr(self.processor, "image_token", None)
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise InputError(f"{self.name}'s tokenizer has no image token {token!r} (extra_special_tokens image_token)")
 
     @property
     def image_token_id(self) -> int:
@@ -271,6 +273,11 @@ def _pass(loaded: Loaded, layer: str) -> tuple[QwenPass, VisionTokens | Language
     processor = processor_of(loaded)
     images = QwenImages.of(processor.image_processor, loaded.model.config.vision_config, loaded.name)
     qwen = QwenPass(loaded.model, images, QwenPrompt(processor, images, loaded.name))
+    if qwen.prompt.image_token_id != loaded.model.config.image_token_id:
+        raise InputError(
+            f"{loaded.name}: the processor's image token is id {qwen.prompt.image_token_id}, the model's "
+            f"config.image_token_id {loaded.model.config.image_token_id}; save the processor that belongs to the model"
+        )
     return qwen, layout_of(layer, loaded.model, images.merge_size, qwen.state)
 
 
