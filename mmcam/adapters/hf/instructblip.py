@@ -107,11 +107,15 @@ def _prompt(loaded: Loaded) -> InstructBlipPrompt:
     return InstructBlipPrompt(processor_of(loaded), loaded.image, loaded.name, loaded.model.config.num_query_tokens)
 
 
-def _end_id(loaded: Loaded) -> int:
-    from .loading import _end_ids, _first_id
+def _end_ids(loaded: Loaded) -> tuple[int, ...]:
+    """The language model's end tokens (generation config first); an InputError for none."""
+    from .loading import _end_ids as end_ids
 
     generation, text = loaded.model.generation_config, loaded.model.config.text_config
-    return _first_id("eos_token_id", *_end_ids(generation.eos_token_id, text.eos_token_id)[:1])
+    ends = end_ids(generation.eos_token_id, text.eos_token_id)
+    if not ends:
+        raise InputError(f"{loaded.name}'s config sets no eos_token_id; set it in config.json / generation_config.json")
+    return ends
 
 
 def _decoder_start(loaded: Loaded) -> int | None:
@@ -132,7 +136,7 @@ def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> Cap
     start = _decoder_start(loaded)
     scorer = PromptedCaptioner(
         loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, patch_layout(loaded, layer),
-        prefix=prompt_ids if start is None else (start,), end_ids=(_end_id(loaded),),
+        prefix=prompt_ids if start is None else (start,), end_ids=_end_ids(loaded),
         text_argument="input_ids" if start is None else "decoder_input_ids",
         prompt_ids=prompt_ids, extra_ids={"qformer_input_ids": qformer_ids},
     )
@@ -218,13 +222,13 @@ class InstructBlipAnswerScorer(BlipAnswerScorer):
         decoder_rows = None if self.decoder_start is None else answers
         logits = self._language_logits(prompt_rows, decoder_rows, torch.stack([queries[n] for n in owners]))
         scored_rows = prompt_rows if decoder_rows is None else decoder_rows
-        ids = pad_ids(scored_rows, self.end_id).to(device)
+        ids = pad_ids(scored_rows, self.end_id).to(logits.device)
         answer_mask = pad_ids(
             [[0] * (len(row) - len(answer)) + [1] * len(answer) for row, answer in zip(scored_rows, answers, strict=True)], 0
         )
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
-        totals = (logprobs * answer_mask[:, 1:].to(device)).sum(dim=1)
-        table = torch.full((len(candidates), max(len(items) for items in candidates)), -torch.inf, device=device)
+        totals = (logprobs * answer_mask[:, 1:].to(logits.device)).sum(dim=1)
+        table = torch.full((len(candidates), max(len(items) for items in candidates)), -torch.inf, device=totals.device)
         column = 0
         for n, items in enumerate(candidates):
             table[n, : len(items)] = totals[column : column + len(items)]
@@ -255,6 +259,6 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     scorer = InstructBlipAnswerScorer(
         loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer, embedding_layer=None,
         reshape=patch_layout(loaded, layer), prompt=_prompt(loaded), decoder_start=_decoder_start(loaded),
-        end_id=_end_id(loaded),
+        end_id=_end_ids(loaded)[0],
     )
     return GenerativeVQAAdapter(scorer)
