@@ -21,6 +21,7 @@ from mmcam.adapters.hf import qwen_vl
 from mmcam.adapters.hf.loading import Loaded
 from mmcam.adapters.hf.qwen_vl import DEFAULT_INSTRUCTION
 from mmcam.errors import InputError
+from test_hf_llava import _hooks, _state
 from vlm_fixtures import SHAPES, llava_image
 from vlm_qwen_fixtures import CLASSES, GRIDS, MERGE, saved_qwen
 
@@ -73,14 +74,6 @@ def _generate(model, inputs, steps: int):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True)
     return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), torch.log_softmax(torch.cat(out.logits), dim=-1)
-
-
-def _state(model) -> dict[str, torch.Tensor]:
-    return {name: value.clone() for name, value in model.state_dict().items()}
-
-
-def _hooks(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

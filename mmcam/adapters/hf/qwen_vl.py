@@ -23,7 +23,10 @@ Layers (``--layer``), each laid out on the image's own grid (:mod:`~mmcam.adapte
 - ``model.visual.merger``: the projector's output, the image tokens the language model reads,
   on the merged (h / m, w / m) grid. (Qwen3-VL's ``model.visual.deepstack_merger_list.I`` too.)
 - ``model.language_model.layers.K``: language-model layer K's hidden states at the image-token
-  positions, on the merged grid.
+  positions, on the merged grid (K below the last layer, whose states there reach no later
+  token). Qwen3-VL adds its DeepStack features to the output of its first layers after the
+  layer returns it: layer K < ``len(deepstack_visual_indexes)`` is read before its own
+  DeepStack addition (the gradient is the same, the activations lack that addition).
 
 Qwen3-VL also feeds the language model DeepStack features: the outputs of the vision blocks in
 ``deepstack_visual_indexes``, each through its own merger, added to the hidden states of the
