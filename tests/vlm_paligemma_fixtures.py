@@ -135,7 +135,7 @@ def build_gemma3(folder: Path, *, template: bool = True, pan_and_scan: bool = Fa
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in GEMMA3_SPECIALS}
     text = Gemma3TextConfig(
         vocab_size=len(tokenizer), bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
-        pad_token_id=ids["<pad>"], sliding_window=32, layer_types=["sliding_attention", "full_attention"], **TEXT,
+        pad_token_id=ids["<pad>"], sliding_window=12, layer_types=["sliding_attention", "full_attention"], **TEXT,
     )
     config = Gemma3Config(
         vision_config=_siglip(4), text_config=text, mm_tokens_per_image=4, boi_token_index=ids["<start_of_image>"],
