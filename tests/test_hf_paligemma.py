@@ -107,6 +107,26 @@ def test_teacher_forced_scores_equal_generate(captioners, processors, family: st
     torch.testing.assert_close(torch.log_softmax(forced, dim=-1), expected, atol=1e-5, rtol=0)
 
 
+def test_paligemma2_scores_equal_generate() -> None:
+    """PaliGemma 2 (a Gemma 2 language model: soft-capped logits, a sliding-window layer shorter
+    than the prompt): teacher-forced scores equal ``generate``'s too."""
+    captioner = mmcam.load(f"hf:{saved_paligemma('gemma2')}")
+    scorer = captioner.scorer
+    pixels = _pixels(captioner, "tall")
+    prompt = torch.tensor([scorer.prefix])
+    with torch.no_grad():
+        generated = scorer.model.generate(
+            input_ids=prompt, token_type_ids=torch.zeros_like(prompt), pixel_values=pixels, max_new_tokens=8,
+            do_sample=False, output_logits=True, return_dict_in_generate=True,
+        )
+        tokens = scorer.caption_of(generated.sequences[0].tolist())
+        forced = scorer.score(pixels, torch.tensor([tokens.ids])).logits
+    expected = torch.log_softmax(torch.stack(generated.logits[: len(tokens.ids)], dim=1), dim=-1)
+    assert forced.shape == expected.shape and len(tokens.ids) >= 2
+    torch.testing.assert_close(torch.log_softmax(forced, dim=-1), expected, atol=1e-5, rtol=0)
+    assert captioner.explain(llava_image("tall"), "a red circle", guided=False).grid_maps.shape == (3, 4, 4)
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_map_shape_is_the_processors_image_token_layout(captioners, processors, shape: str) -> None:
     """PaliGemma: one image token per patch, 16 = 4x4; Gemma 3: the tower's 8x8 patch grid, and

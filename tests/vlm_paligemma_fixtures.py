@@ -88,20 +88,27 @@ def _words_only(model, tokenizer, keep: tuple[str, ...]) -> None:
         head[sorted(ids)] = 0.0
 
 
-def build_paligemma(folder: Path, *, seq_length: bool = True) -> None:
+def build_paligemma(folder: Path, *, seq_length: bool = True, gemma2: bool = False) -> None:
     """A random tiny PaliGemma and its processor in ``folder``; ``seq_length=False`` saves an image
-    processor without ``image_seq_length`` (the processor then cannot be built)."""
+    processor without ``image_seq_length`` (the processor then cannot be built); ``gemma2=True``
+    is PaliGemma 2: a Gemma 2 language model (logit soft-capping, a sliding-window layer)."""
     from transformers import (
-        GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor,
+        Gemma2Config, GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+        SiglipImageProcessor,
     )
 
     tokenizer = bpe_tokenizer(PALIGEMMA_SPECIALS, {"image_token": "<image>"})
     image_processor = SiglipImageProcessor(size={"height": SIZE, "width": SIZE}, image_seq_length=(SIZE // 8) ** 2)
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds <loc>/<seg> tokens
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in PALIGEMMA_SPECIALS}
-    text = GemmaConfig(
-        vocab_size=len(tokenizer), bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"], **TEXT,
-    )
+    special = dict(bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+    if gemma2:
+        text = Gemma2Config(
+            vocab_size=len(tokenizer), final_logit_softcapping=5.0, attn_logit_softcapping=10.0, query_pre_attn_scalar=16,
+            sliding_window=12, layer_types=["sliding_attention", "full_attention"], **special, **TEXT,
+        )
+    else:
+        text = GemmaConfig(vocab_size=len(tokenizer), **special, **TEXT)
     config = PaliGemmaConfig(
         vision_config=_siglip(8), text_config=text, image_token_index=ids["<image>"], projection_dim=32, hidden_size=32,
         vocab_size=len(tokenizer), tie_word_embeddings=False,
@@ -155,9 +162,9 @@ def build_gemma3(folder: Path, *, template: bool = True, pan_and_scan: bool = Fa
 
 @functools.cache
 def saved_paligemma(variant: str = "default") -> Path:
-    """The folder of a tiny PaliGemma: ``default`` or ``no-seq-length``."""
+    """The folder of a tiny PaliGemma: ``default``, ``gemma2`` (PaliGemma 2) or ``no-seq-length``."""
     folder = _ROOT / f"paligemma-{variant}"
-    build_paligemma(folder, seq_length=variant != "no-seq-length")
+    build_paligemma(folder, seq_length=variant != "no-seq-length", gemma2=variant == "gemma2")
     return folder
 
 
