@@ -2,9 +2,11 @@
 
 Both have a SigLIP vision tower (hidden 32, 2 layers, 32x32 input) and a 2-layer Gemma language
 model; the tokenizer is a byte-level BPE with the family's special tokens. PaliGemma: patch 8 (a
-4x4 grid, 16 image tokens, ``image_seq_length`` in its image processor), no chat template.
-Gemma 3: patch 4 (an 8x8 patch grid) pooled 4x4 by the projector into 2x2 = 4 image tokens
-(``mm_tokens_per_image``), a Gemma-3-style chat template with ``<start_of_image>``. Built once
+4x4 grid, 16 image tokens, ``image_seq_length`` in its image processor), no chat template; its
+``gemma2`` variant (PaliGemma 2) has a Gemma 2 language model with soft-capped logits and a
+sliding-window layer. Gemma 3: patch 4 (an 8x8 patch grid) pooled 4x4 by the projector into
+2x2 = 4 image tokens (``mm_tokens_per_image``), a Gemma-3-style chat template with
+``<start_of_image>``, a sliding-window layer (window 12, shorter than the prompt). Built once
 per test session.
 """
 
