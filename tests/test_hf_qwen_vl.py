@@ -7,6 +7,7 @@ token a score is made to read; every word at once equals each alone; the model i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import warnings
 
@@ -269,6 +270,42 @@ def test_default_layers_and_qwen3s_deepstack() -> None:
         handle.remove()
     assert last.scorer.model is default.scorer.model and (np.abs(kept.grid_maps).max(axis=(1, 2)) > 0).all()
     assert not cut.grid_maps.any() and any("zero everywhere" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("architecture", CLASSES, ids=SHORT.get)
+def test_the_language_models_attention_to_the_image_tokens(architecture: str) -> None:
+    """attention=True: each caption step's attention to the image tokens (mean over layers and
+    heads) on the merged grid; a share of each step's attention, so in [0, 1]; the scores are
+    those of the default sdpa pass."""
+    scorer = dataclasses.replace(_captioner(architecture).scorer, attention=True)
+    pixels = scorer.preprocess(np.array(_image("wide")))[None]
+    ids = torch.tensor([scorer.tokenize(CAPTION).ids])
+    with torch.no_grad():
+        scores = scorer.score(pixels, ids)
+        plain = _captioner(architecture).scorer.score(pixels, ids)
+    assert scores.attention.shape == (1, ids.shape[1], 3, 5)
+    totals = scores.attention.sum(dim=(2, 3))
+    assert (scores.attention >= 0).all() and (totals > 0).all() and (totals <= 1 + 1e-6).all()
+    torch.testing.assert_close(scores.logits, plain.logits, atol=1e-4, rtol=0)
+    assert scorer.model.model.language_model.config._attn_implementation == "sdpa"  # switched back
+    # by hand: the processor's inputs plus the caption, eager attention, placeholder columns
+    inputs = _processed(architecture, _image("wide"))
+    prompt_length = inputs["input_ids"].shape[1]
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        extra = ids if key == "input_ids" else torch.ones_like(ids) if key == "attention_mask" else torch.zeros_like(ids)
+        inputs[key] = torch.cat([inputs[key], extra.to(inputs[key].dtype)], dim=1)
+    language = scorer.model.model.language_model
+    previous = language.config._attn_implementation
+    language.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            weights = scorer.model(**inputs, output_attentions=True).attentions
+    finally:
+        language.set_attn_implementation(previous)
+    columns = inputs["mm_token_type_ids"][0].nonzero().flatten()
+    rows = torch.arange(prompt_length - 1, prompt_length - 1 + ids.shape[1])
+    expected = torch.stack(weights).mean(dim=(0, 2))[0][rows][:, columns].reshape(ids.shape[1], 3, 5)
+    torch.testing.assert_close(scores.attention[0], expected, atol=1e-5, rtol=0)
 
 
 def test_clear_errors() -> None:

@@ -56,7 +56,7 @@ from ...errors import InputError
 from ...targets import CaptionScores
 from ..captioning import CaptionAdapter, CaptionTokens
 from .captioning import TransformersCaptioner
-from .llava import ImageTokenRows, LlavaAnswerScorer
+from .llava import ImageTokenRows, LlavaAnswerScorer, _eager_attention
 from .loading import Loaded, _end_ids, _first_id, processor_of
 from .qwen_vl_inputs import QwenImages
 from .qwen_vl_layout import LanguageTokens, PassLayout, VisionTokens, _PassState
@@ -159,6 +159,10 @@ class QwenPass:
     def logits(self, images: Tensor, ids: Tensor, attention: Tensor, owners: Sequence[int]) -> Tensor:
         """Logits (B, L, V) of right-padded rows ``ids`` (B, L), image tokens expanded, row b
         reading image ``owners[b]``; sets the pass's layout for the hooked layer."""
+        return self.forward(images, ids, attention, owners).logits
+
+    def forward(self, images: Tensor, ids: Tensor, attention: Tensor, owners: Sequence[int], **options: Any) -> Any:
+        """The model's output for :meth:`logits`' inputs (``options``: e.g. ``output_attentions``)."""
         pixel_values, grid = self.images.patches(images)
         token_types = ((ids == self.prompt.image_token_id) & attention.bool()).int()
         row_grid = grid[list(owners)]
@@ -176,8 +180,8 @@ class QwenPass:
             encoded.deepstack_features = [tuple(feature[n] for n in owners) for feature in encoded.deepstack_features]
         return self.model(
             input_ids=ids, attention_mask=attention, position_ids=position_ids, image_grid_thw=row_grid,
-            mm_token_type_ids=token_types, mm_encoder_outputs={"image": encoded},
-        ).logits
+            mm_token_type_ids=token_types, mm_encoder_outputs={"image": encoded}, **options,
+        )
 
     def generate(self, images: Tensor, prompt: Sequence[int], **options: Any) -> Tensor:
         """``generate``'s new tokens (N * beams, new) for images (N, C, H', W') sharing ``prompt``."""
@@ -210,10 +214,13 @@ class QwenPass:
 @dataclass
 class QwenCaptioner(TransformersCaptioner):
     """A :class:`TransformersCaptioner` whose prefix is the chat-template prompt with the image
-    tokens of each image's size (``prefix`` itself is empty: it depends on the image)."""
+    tokens of each image's size (``prefix`` itself is empty: it depends on the image). With
+    ``attention`` the scores also carry the language model's attention from each step to the
+    image tokens, mean over layers and heads, on the merged grid (eager attention: slower)."""
 
     qwen: QwenPass | None = field(default=None, repr=False)
     instruction: str = DEFAULT_INSTRUCTION
+    attention: bool = False
 
     def preprocess(self, pixels) -> Tensor:
         return self.qwen.images.preprocess(pixels)
@@ -227,8 +234,11 @@ class QwenCaptioner(TransformersCaptioner):
         """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L): row t scores ids[:, t]."""
         (prompt,) = self.qwen.rows(images, [self.qwen.prompt.ids(self.instruction)])
         rows = torch.cat([torch.tensor(prompt, device=ids.device).expand(ids.shape[0], -1), ids], dim=1)
-        logits = self.qwen.logits(images, rows, torch.ones_like(rows), range(ids.shape[0]))
-        return CaptionScores(logits[:, len(prompt) - 1 : len(prompt) - 1 + ids.shape[1]])
+        with _eager_attention(self.model, self.attention):
+            output = self.qwen.forward(images, rows, torch.ones_like(rows), range(ids.shape[0]), output_attentions=self.attention)
+        steps = slice(len(prompt) - 1, len(prompt) - 1 + ids.shape[1])
+        attention = self.qwen.state.get().rows.attention(output.attentions, steps) if self.attention else None
+        return CaptionScores(output.logits[:, steps], attention)
 
 
 @dataclass
