@@ -246,3 +246,22 @@ def test_cli_caption_and_vqa(capsys) -> None:
     assert set(record) == VQA_KEYS and [item["answer"] for item in record["explanations"]] == ["red"]
     assert main(["caption", str(image), "--model", f"hf:{folder}", "--layer", "qformer.encoder.layer.0"]) != 0
     assert "no place in the image" in capsys.readouterr().err
+
+
+def test_a_generated_answer_ends_at_any_end_token(tmp_path) -> None:
+    """With two end tokens configured (the second: the token greedy decoding picks second), a
+    generated answer is cut at the first of either, as a caption is. (InstructBLIP's ``generate``
+    itself stops at its language model's own end token only.)"""
+    scorer = _adapter("llama", "vqa").scorer
+    pixels = _pixels(_adapter("llama", "vqa"), "wide")
+    question = scorer.collate([scorer.tokenize(QUESTION)])
+    ((_, greedy),) = scorer.generate_answers(pixels, question, 1)[0]
+    assert len(greedy) >= 2
+    folder = tmp_path / "two-ends"
+    shutil.copytree(saved_instructblip(), folder)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings["eos_token_id"] = [settings["eos_token_id"], greedy[1]]
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    two_ends = mmcam.load(f"hf:{folder}?task=vqa").scorer
+    ((text, ids),) = two_ends.generate_answers(pixels, question, 1)[0]
+    assert ids == greedy[:1] and text == scorer.tokenizer.decode(greedy[:1]).strip()

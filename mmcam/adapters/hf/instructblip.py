@@ -157,6 +157,7 @@ class InstructBlipAnswerScorer(BlipAnswerScorer):
 
     prompt: InstructBlipPrompt | None = field(default=None, repr=False)
     decoder_start: int | None = None
+    end_ids: tuple[int, ...] = ()  # configured end tokens: a generated answer is cut at the first, as captions are
 
     @property
     def pad_id(self) -> int:
@@ -193,7 +194,8 @@ class InstructBlipAnswerScorer(BlipAnswerScorer):
                 start = len(prompt) - 1 if self.decoder_start is None else 0
                 distinct: dict[str, Candidate] = {}
                 for sequence in sequences[:, start:].tolist():
-                    text, ids = self._answer_of(sequence)
+                    ends = [i for i, token in enumerate(sequence) if i and token in self.end_ids]
+                    text, ids = self._answer_of(sequence[: ends[0]] if ends else sequence)
                     distinct.setdefault(text.lower(), (text, ids))
                 answers.append(list(distinct.values())[:count])
         return answers
@@ -259,6 +261,6 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     scorer = InstructBlipAnswerScorer(
         loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer, embedding_layer=None,
         reshape=patch_layout(loaded, layer), prompt=_prompt(loaded), decoder_start=_decoder_start(loaded),
-        end_id=_end_ids(loaded)[0],
+        end_id=_end_ids(loaded)[0], end_ids=_end_ids(loaded),
     )
     return GenerativeVQAAdapter(scorer)
