@@ -260,16 +260,19 @@ def test_default_layers_and_qwen3s_deepstack() -> None:
     there, while the last block (read by the main merger only) gets no gradient at all."""
     assert [mmcam.load(f"hf:{saved_qwen(name)}").layer_name for name in CLASSES] == [LAST_BLOCK, LAST_BLOCK, "model.visual.blocks.0"]
     default, last = _captioner(CLASSES[2]), _captioner(CLASSES[2], LAST_BLOCK)
+    deepstack = _captioner(CLASSES[2], "model.visual.deepstack_merger_list.0")
     handle = default.scorer.model.model.visual.merger.register_forward_hook(lambda module, args, output: output * 0.0)
     try:
         kept = default.explain(llava_image("square"), CAPTION, method="hirescam", guided=False, contrast=False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cut = last.explain(llava_image("square"), CAPTION, method="hirescam", guided=False, contrast=False)
+        side = deepstack.explain(llava_image("square"), CAPTION, method="hirescam", guided=False, contrast=False)
     finally:
         handle.remove()
     assert last.scorer.model is default.scorer.model and (np.abs(kept.grid_maps).max(axis=(1, 2)) > 0).all()
     assert not cut.grid_maps.any() and any("zero everywhere" in str(w.message) for w in caught)
+    assert side.grid_maps.shape == (3, 4, 4) and (np.abs(side.grid_maps).max(axis=(1, 2)) > 0).all()  # the DeepStack merger's tokens
 
 
 @pytest.mark.parametrize("architecture", CLASSES, ids=SHORT.get)

@@ -59,7 +59,7 @@ from .captioning import TransformersCaptioner
 from .llava import ImageTokenRows, LlavaAnswerScorer, _eager_attention
 from .loading import Loaded, _end_ids, _first_id, processor_of
 from .qwen_vl_inputs import QwenImages
-from .qwen_vl_layout import LanguageTokens, PassLayout, VisionTokens, _PassState
+from .qwen_vl_layout import LanguageTokens, PassLayout, VisionTokens, PassState
 from .vqa import Candidate, GenerativeVQAAdapter
 
 DEFAULT_INSTRUCTION = "Describe the image."
@@ -75,7 +75,7 @@ def default_layer(model: nn.Module) -> str:
     return f"{BLOCKS}.{min(deepstack) if deepstack else blocks - 1}"
 
 
-def layout_of(layer: str, model: nn.Module, merge_size: int, state: _PassState) -> VisionTokens | LanguageTokens:
+def layout_of(layer: str, model: nn.Module, merge_size: int, state: PassState) -> VisionTokens | LanguageTokens:
     """The layout object that reads ``layer``'s output, or an InputError naming the choices."""
     if re.fullmatch(rf"{re.escape(BLOCKS)}\.\d+(\..+)?", layer):
         return VisionTokens(merge_size, merged=False, state=state)
@@ -149,7 +149,7 @@ class QwenPass:
     model: nn.Module
     images: QwenImages
     prompt: QwenPrompt
-    state: _PassState = field(default_factory=_PassState)
+    state: PassState = field(default_factory=PassState)
 
     def rows(self, images: Tensor, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
         """Prompts (one placeholder each) with the image tokens of images of this size."""

@@ -40,7 +40,7 @@ class PassLayout:
 
 
 @dataclass(eq=False)
-class _PassState:
+class PassState:
     """The last pass's layout, per thread (several threads may share one adapter)."""
 
     local: threading.local = field(default_factory=threading.local)
@@ -63,7 +63,7 @@ class VisionTokens:
 
     merge_size: int
     merged: bool
-    state: _PassState = field(default_factory=_PassState)
+    state: PassState = field(default_factory=PassState)
 
     def __call__(self, activations: Tensor) -> Tensor:
         return self._grids(activations)
@@ -118,7 +118,7 @@ class LanguageTokens:
     images' size), which shares an image's activations among its rows and sums its rows'
     gradients."""
 
-    state: _PassState = field(default_factory=_PassState)
+    state: PassState = field(default_factory=PassState)
 
     def __call__(self, activations: Tensor) -> Tensor:
         return self._rows()(activations)
