@@ -295,8 +295,6 @@ def test_a_generated_answer_ends_at_any_end_token(answerers, processors) -> None
 def test_clear_errors() -> None:
     with pytest.raises(InputError, match="no chat template"):
         mmcam.load(f"hf:{saved_gemma3('no-template')}")
-    with pytest.raises(InputError, match="pan-and-scan crops are not supported"):
-        mmcam.load(f"hf:{saved_gemma3('pan-and-scan')}?task=vqa")
     with pytest.raises(InputError, match="image_seq_length"):
         mmcam.load(f"hf:{saved_paligemma('no-seq-length')}")
     with pytest.raises(InputError, match="vision tower .*, at the projector's output .* or in a language-model layer"):

@@ -11,12 +11,19 @@ Prompts are the checkpoint's processor's own:
 - Gemma 3 renders a user turn with its chat template; its processor replaces the image marker
   with ``<start_of_image>``, ``mm_tokens_per_image`` image tokens and ``<end_of_image>``.
   ``token_type_ids`` are 1 on the image tokens (full attention among them), 0 elsewhere.
-  Pan-and-scan crops are not supported (a clear error when the image processor makes them).
+  With ``do_pan_and_scan`` saved in its image processor, a wide or tall image is also cut into
+  crops (:mod:`~mmcam.adapters.hf.gemma3_crops`): the prompt then holds the thumbnail's image
+  tokens and each crop's, as the processor writes them when asked for crops (transformers'
+  ``Gemma3Processor`` call makes none unless given ``do_pan_and_scan=True`` itself; mmcam
+  follows the saved image processor).
 
 Row ``len(prompt) - 1 + t`` of the logits scores caption token t, as ``generate`` scores it.
 
 Images are resized as a whole to the processor's fixed SigLIP input size (no crop), so the map
-covers the whole original image and is stretched back onto it. Layer choices (``--layer``):
+covers the whole original image and is stretched back onto it; with pan-and-scan crops, each
+layer's grid per view is stitched over the crops at their places in the image (the thumbnail's
+tokens left out of the map, its gradient path still in Guided Backprop). Layer choices
+(``--layer``):
 
 - ``model.vision_tower.post_layernorm`` (default): the vision tower's output, what the
   projector reads; or any other module of the vision tower (``model.vision_tower.encoder.layers.K``):
@@ -39,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,14 +54,19 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ...core import TokenGrid, resolve_layer
+from ...core.hooks import eval_mode
 from ...errors import InputError
-from ..captioning import CaptionAdapter
+from ...targets import CaptionScores
+from ..captioning import CaptionAdapter, CaptionTokens
+from ..vqa import QuestionTokens
+from .gemma3_crops import CropGrid, CropViews, PanAndScan
+from .idefics_tiles import LanguageTokenGrid
 from .llava import (
     DEFAULT_INSTRUCTION, LANGUAGE_MODEL, PROJECTOR, TOWER, TOWER_LAYERS, ImageTokenRows, LlavaAnswerScorer,
     LlavaCaptioner, LlavaPrompt, _inside, layer_layout,
 )
 from .loading import Loaded, _end_ids, _first_id, processor_of
-from .vqa import Candidate, GenerativeVQAAdapter
+from .vqa import Candidate, GenerativeVQAAdapter, pad_ids
 
 PALIGEMMA_CAPTION = "caption en"
 PALIGEMMA_QUESTION = "answer en "
@@ -64,12 +76,18 @@ class Gemma3Prompt(LlavaPrompt):
     """Gemma 3's prompt: the chat template's user turn with the image and the text, the image
     marker expanded by the processor; ``token_type_ids`` mark the image tokens."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if getattr(self.processor.image_processor, "do_pan_and_scan", False):
-            raise InputError(
-                f"{self.name}: pan-and-scan crops are not supported; save the image processor with do_pan_and_scan=False"
-            )
+    def crop_ids(self, text: str, crops: int) -> tuple[int, ...]:
+        """:meth:`ids` for an image the processor cuts into ``crops`` pan-and-scan crops: its
+        marker replaced, as the processor replaces it, by the thumbnail's image tokens and each
+        crop's, then tokenized whole."""
+        if not crops:
+            return self.ids(text)
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        rendered = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        expansion = self.processor.replace_image_token({"num_crops": [crops]}, 0)
+        bos = getattr(self.processor.tokenizer, "bos_token", None)
+        expanded = rendered.replace(self.processor.image_token, expansion, 1)
+        return tuple(self.processor.tokenizer(expanded, add_special_tokens=not (bos and rendered.startswith(bos)))["input_ids"])
 
     def token_types(self, ids: Tensor, prompt_lengths: Sequence[int]) -> Tensor:
         """(R, L): 1 at the image tokens (bidirectional attention among them), 0 elsewhere."""
@@ -170,23 +188,128 @@ class GemmaAnswerScorer(LlavaAnswerScorer):
     end_ids: tuple[int, ...] = ()
 
     def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
+        """Per item, its ``count`` best distinct answers (greedy, or beam search), each cut at
+        its first end token."""
+        beams = 1 if count == 1 else 2 * count
         answers = []
-        for item in super().generate_answers(images, question_ids, count):
-            distinct: dict[str, Candidate] = {}
-            for text, ids in item:
-                ends = [position for position, token in enumerate(ids) if token in self.end_ids]
-                if ends:
-                    ids = ids[: ends[0]]
+        with torch.no_grad(), eval_mode(self.model):
+            for n, prompt in enumerate(self._unpadded(question_ids)):
+                sequences = self.model.generate(
+                    input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=self.item_pixels(images, n),
+                    **self.text_inputs(prompt, [prompt.shape[1]]), num_beams=beams, num_return_sequences=beams,
+                    do_sample=False, min_new_tokens=1, max_new_tokens=self.max_new_tokens,
+                )
+                distinct: dict[str, Candidate] = {}
+                for sequence in sequences[:, prompt.shape[1] :].tolist():
+                    ends = [position for position, token in enumerate(sequence) if token in self.end_ids]
+                    ids = sequence[: ends[0]] if ends else sequence
                     text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
-                distinct.setdefault(text.lower(), (text, tuple(ids)))
-            answers.append(list(distinct.values()))
+                    distinct.setdefault(text.lower(), (text, tuple(ids)))
+                answers.append(list(distinct.values())[:count])
         return answers
+
+    def item_pixels(self, images: Tensor, item: int) -> Tensor:
+        """The model's ``pixel_values`` of item ``item`` of preprocessed images."""
+        return images[item : item + 1]
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.model.model.get_image_features(pixel_values=images).pooler_output
 
     def text_inputs(self, ids: Tensor, prompt_lengths: Sequence[int]) -> dict[str, Tensor]:
         return {"token_type_ids": self.prompt.token_types(ids, prompt_lengths)}
+
+
+@dataclass
+class CropCaptioner(GemmaCaptioner):
+    """Gemma 3 with pan-and-scan crops: the prompt holds one image-token block per view, so it
+    depends on the image's crops (``prefix`` is empty; ``instruction`` is the user turn's text);
+    the model reads the views that ``views`` cuts from the preprocessed image."""
+
+    views: CropViews | None = field(default=None, repr=False)
+    instruction: str = ""
+
+    def preprocess(self, pixels: Any) -> Tensor:
+        return self.views.crops.preprocess(pixels)
+
+    def prompt_ids(self, images: Tensor) -> tuple[int, ...]:
+        """The prompt for images (N, C, rows * s, cols * s) of one crop layout."""
+        return self.prompt.crop_ids(self.instruction, self.views.count(images))
+
+    def generate_batch(self, images: Tensor, beam_size: int) -> list[CaptionTokens]:
+        """Captions of images of one crop layout: one ``generate`` call."""
+        prefix = self.prompt_ids(images)
+        prompt = torch.tensor(prefix, device=images.device).expand(images.shape[0], -1)
+        with torch.no_grad(), eval_mode(self.model):
+            sequences = self.model.generate(
+                input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=self.views.inputs(images),
+                num_beams=beam_size, do_sample=False, max_new_tokens=self.max_new_tokens, **self.text_inputs(prompt),
+            )
+        if any(sequence[: len(prefix)].tolist() != list(prefix) for sequence in sequences):
+            raise ValueError(f"{self.name} generated a sequence that does not begin with its prompt")
+        return [self.caption_of(sequence[len(prefix) :].tolist()) for sequence in sequences]
+
+    def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
+        """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L) after the prompt."""
+        prefix = self.prompt_ids(images)
+        text = torch.cat([torch.tensor(prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1), ids], dim=1)
+        self.views.rows([prefix] * ids.shape[0], range(ids.shape[0]), self.prompt.image_token_id)
+        logits = self.model(pixel_values=self.views.inputs(images), input_ids=text, **self.text_inputs(text)).logits
+        first = len(prefix) - 1
+        return CaptionScores(logits[:, first : first + ids.shape[1]])
+
+
+@dataclass
+class CropAnswerScorer(GemmaAnswerScorer):
+    """:class:`GemmaAnswerScorer` on pan-and-scan crops: question ids carry the prompt for an
+    image without crops (the question's text kept by :meth:`tokenize`), rewritten for the
+    images' crops before the model reads them."""
+
+    views: CropViews | None = field(default=None, repr=False)
+    _questions: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
+
+    def preprocess(self, pixels: Any) -> Tensor:
+        return self.views.crops.preprocess(pixels)
+
+    def tokenize(self, question: str) -> QuestionTokens:
+        tokens = super().tokenize(question)
+        self._questions[tokens.ids] = question
+        return tokens
+
+    def prompt_ids(self, images: Tensor, question_ids: Tensor) -> Tensor:
+        """Question ids (N, L) -> (N, L') with the image tokens of the images' crops."""
+        crops = self.views.count(images)
+        prompts = [self.prompt.crop_ids(self._questions[tuple(ids[0].tolist())], crops) for ids in self._unpadded(question_ids)]
+        return pad_ids(prompts, self.pad_id).to(question_ids.device)
+
+    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
+        return super().generate_answers(images, self.prompt_ids(images, question_ids), count)
+
+    def item_pixels(self, images: Tensor, item: int) -> Tensor:
+        return self.views.inputs(images[item : item + 1])
+
+    def score(self, images: Tensor, question_ids: Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> Tensor:
+        expanded = self.prompt_ids(images, question_ids)
+        prompts = [prompt[0].tolist() for prompt in self._unpadded(expanded)]
+        owners = [n for n, items in enumerate(candidates) for _ in items]  # the rows LlavaAnswerScorer.score reads
+        self.views.rows(prompts, owners, self.prompt.image_token_id)
+        return super().score(images, expanded, candidates)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """(N, F * image tokens, C): each image's views' projected tokens, thumbnail first."""
+        features = super().image_features(self.views.inputs(images))
+        return features.reshape(images.shape[0], -1, features.shape[-1])
+
+
+def crop_views(prompt: Gemma3Prompt, model: nn.Module, layer: str, crops: PanAndScan) -> CropViews:
+    """The crop layout of ``layer`` (the same choices as without crops, checked by :func:`layout`):
+    the tower's patches or the image tokens per view side, stitched over the crops."""
+    layout(prompt, model, layer)
+    _, module = resolve_layer(model, layer)
+    tokens = image_token_grid(prompt, model)[0]
+    side = prompt.grid(int(model.config.vision_config.patch_size))[0] if _inside(model, TOWER, module) else tokens
+    grid = CropGrid(side)
+    language = LanguageTokenGrid(grid) if _inside(model, f"{LANGUAGE_MODEL}.layers", module) else None
+    return CropViews(crops, grid, language)
 
 
 def default_layer(model: nn.Module) -> str:
@@ -214,6 +337,11 @@ def _prompt(loaded: Loaded, task: str = "") -> LlavaPrompt:
     return prompt
 
 
+def _crops(prompt: LlavaPrompt, loaded: Loaded) -> PanAndScan | None:
+    """Gemma 3's pan-and-scan settings when its image processor makes crops."""
+    return None if _is_paligemma(loaded.model) else PanAndScan.from_processor(prompt.processor, loaded.image)
+
+
 def _is_paligemma(model: nn.Module) -> bool:
     return "paligemma" in model.config.model_type
 
@@ -228,6 +356,14 @@ def captioner(loaded: Loaded, layer: str, instruction: str | None = None) -> Cap
     user turn with ``instruction`` (``Describe the image.``) and the image."""
     prompt = _prompt(loaded)
     text = instruction or (PALIGEMMA_CAPTION if _is_paligemma(loaded.model) else DEFAULT_INSTRUCTION)
+    crops = _crops(prompt, loaded)
+    if crops is not None:
+        views = crop_views(prompt, loaded.model, layer, crops)
+        scorer: GemmaCaptioner = CropCaptioner(
+            loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, views.reshape,
+            prefix=(), end_ids=_end_tokens(loaded), prompt=prompt, views=views, instruction=text,
+        )
+        return CaptionAdapter(scorer)
     reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaCaptioner(
         loaded.name, loaded.model, loaded.tokenizer, loaded.image, layer, reshape,
@@ -241,11 +377,18 @@ def answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
     turn); y^c = log p(answer + end | prompt), the end being the token the model closes its
     answer with (Gemma 3's chat template: ``<end_of_turn>``)."""
     prompt = _prompt(loaded, PALIGEMMA_QUESTION if _is_paligemma(loaded.model) else "")
+    ends = dict(end_ids=_end_tokens(loaded), end_id=_answer_end(prompt, _end_tokens(loaded)))
+    common = dict(name=loaded.name, layer=layer, embedding_layer=None, prompt=prompt, **ends)
+    crops = _crops(prompt, loaded)
+    if crops is not None:
+        views = crop_views(prompt, loaded.model, layer, crops)
+        scorer: GemmaAnswerScorer = CropAnswerScorer(
+            loaded.model, loaded.tokenizer, loaded.image, None, reshape=views.reshape, views=views, **common
+        )
+        return GenerativeVQAAdapter(scorer)
     reshape, rows = layout(prompt, loaded.model, layer)
     scorer = GemmaAnswerScorer(
-        loaded.model, loaded.tokenizer, loaded.image, None, name=loaded.name, layer=layer, embedding_layer=None,
-        reshape=reshape, prompt=prompt, placeholders=rows, end_ids=_end_tokens(loaded),
-        end_id=_answer_end(prompt, _end_tokens(loaded)),
+        loaded.model, loaded.tokenizer, loaded.image, None, reshape=reshape, placeholders=rows, **common
     )
     return GenerativeVQAAdapter(scorer)
 
