@@ -157,3 +157,20 @@ def test_vqa_on_crops(processor) -> None:
     generated = answerer.explain(llava_image("tall"), QUESTION, guided=False)
     assert generated.info["answer"] == generated.labels[0]
     assert_same_state(before, model_state(scorer.model))
+
+
+def test_question_texts_are_kept_for_the_recent_questions_only() -> None:
+    """The crop scorer rewrites a prompt from its question's text, kept per question by
+    ``tokenize`` in a bounded map (a dataset of many questions does not grow it without end);
+    ids it did not give are a clear error."""
+    from mmcam.adapters.hf.paligemma import _Recent
+    from mmcam.errors import InputError
+
+    recent = _Recent(2)
+    for key in "abc":
+        recent.put(key, key.upper())
+    assert (recent.get("a"), recent.get("b"), recent.get("c")) == (None, "B", "C")
+    answerer = mmcam.load(f"hf:{saved_gemma3('pan-and-scan')}?task=vqa")
+    unknown = torch.tensor([[2, 3, 4]])
+    with pytest.raises(InputError, match="did not give"):
+        answerer.scorer.prompt_ids(_pixels(answerer, "wide"), unknown)

@@ -45,6 +45,8 @@ tokens left out of the map, its gradient path still in Guided Backprop). Layer c
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,20 +267,25 @@ class CropAnswerScorer(GemmaAnswerScorer):
     images' crops before the model reads them."""
 
     views: CropViews | None = field(default=None, repr=False)
-    _questions: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False)
+    _questions: _Recent = field(default_factory=lambda: _Recent(4096), repr=False)
 
     def preprocess(self, pixels: Any) -> Tensor:
         return self.views.crops.preprocess(pixels)
 
     def tokenize(self, question: str) -> QuestionTokens:
         tokens = super().tokenize(question)
-        self._questions[tokens.ids] = question
+        self._questions.put(tokens.ids, question)
         return tokens
 
     def prompt_ids(self, images: Tensor, question_ids: Tensor) -> Tensor:
         """Question ids (N, L) -> (N, L') with the image tokens of the images' crops."""
         crops = self.views.count(images)
-        prompts = [self.prompt.crop_ids(self._questions[tuple(ids[0].tolist())], crops) for ids in self._unpadded(question_ids)]
+        prompts = []
+        for ids in self._unpadded(question_ids):
+            question = self._questions.get(tuple(ids[0].tolist()))
+            if question is None:
+                raise InputError(f"{self.name}: question ids that this adapter's tokenize() did not give (or gave 4096 questions ago)")
+            prompts.append(self.prompt.crop_ids(question, crops))
         return pad_ids(prompts, self.pad_id).to(question_ids.device)
 
     def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
@@ -298,6 +305,26 @@ class CropAnswerScorer(GemmaAnswerScorer):
         """(N, F * image tokens, C): each image's views' projected tokens, thumbnail first."""
         features = super().image_features(self.views.inputs(images))
         return features.reshape(images.shape[0], -1, features.shape[-1])
+
+
+class _Recent:
+    """The ``size`` most recently put entries of a map, safe across threads."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            return self._items.get(key)
 
 
 def crop_views(prompt: Gemma3Prompt, model: nn.Module, layer: str, crops: PanAndScan) -> CropViews:
