@@ -163,7 +163,7 @@ def test_question_texts_are_kept_for_the_recent_questions_only() -> None:
     """The crop scorer rewrites a prompt from its question's text, kept per question by
     ``tokenize`` in a bounded map (a dataset of many questions does not grow it without end);
     ids it did not give are a clear error."""
-    from mmcam.adapters.hf.paligemma import _Recent
+    from mmcam.adapters.hf.gemma_scorers import _Recent
     from mmcam.errors import InputError
 
     recent = _Recent(2)
