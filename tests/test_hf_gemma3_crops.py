@@ -174,3 +174,15 @@ def test_question_texts_are_kept_for_the_recent_questions_only() -> None:
     unknown = torch.tensor([[2, 3, 4]])
     with pytest.raises(InputError, match="did not give"):
         answerer.scorer.prompt_ids(_pixels(answerer, "wide"), unknown)
+
+
+def test_crop_counts_follow_the_image_processor(captioner, processor) -> None:
+    """(rows, cols) of :class:`PanAndScan` equal the image processor's own crop count over many
+    sizes and aspect ratios (square, slightly and very elongated, too small to crop)."""
+    crops = captioner.scorer.views.crops
+    sizes = [(h, w) for h in (6, 10, 17, 30, 41, 64) for w in (5, 9, 12, 20, 33, 47, 70, 101)]
+    counted = processor.image_processor([Image.new("RGB", (w, h)) for h, w in sizes])["num_crops"]
+    for (height, width), count in zip(sizes, counted, strict=True):
+        rows, cols = crops.crops(height, width)
+        assert rows * cols == int(count), (height, width)
+    assert {crops.crops(h, w) for h, w in sizes} >= {(0, 0), (1, 2), (2, 1), (1, 3), (1, 4), (3, 1)}
