@@ -185,6 +185,21 @@ def test_attention_to_the_image_tokens_is_the_models_own() -> None:
     assert ((attended.attention.sum(dim=(2, 3)) > 0) & (attended.attention.sum(dim=(2, 3)) < 1)).all()
 
 
+def test_a_copy_of_the_adapter_explains_alike() -> None:
+    """Deep copies (the sanity check's randomised model) and pickles keep the layout and start
+    with no recorded rows; the copy's layout is its own scorer's placeholders."""
+    import copy
+    import pickle
+
+    adapter = _load(LANGUAGE)
+    copied = copy.deepcopy(adapter)
+    assert copied.scorer.reshape is copied.scorer.placeholders and copied.scorer.reshape is not adapter.scorer.reshape
+    assert pickle.loads(pickle.dumps(adapter.scorer.placeholders)) == adapter.scorer.placeholders
+    original = adapter.explain(llava_image("square"), CAPTION, guided=False, contrast=False)
+    again = copied.explain(llava_image("square"), CAPTION, guided=False, contrast=False)
+    np.testing.assert_allclose(again.grid_maps, original.grid_maps, atol=1e-7, rtol=0)
+
+
 def test_layers_without_image_tokens_on_the_grid_are_refused() -> None:
     with pytest.raises(InputError, match="reach no scored token"):
         _load("model.language_model.layers.1")

@@ -174,6 +174,10 @@ class ImageTokenRows:
     drop: int = 0
     _recorded: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
+    def __reduce__(self) -> tuple:
+        # copies and pickles (deepcopy of an adapter, worker processes) start with no record
+        return ImageTokenRows, (self.image_token_id, self.grid, self.drop)
+
     def record(self, ids: Tensor, owners: Sequence[int]) -> None:
         """Remember, for this thread's next reshape, the placeholder positions of each row of
         ``ids`` (R, L') and ``owners[r]``, the image of row r (every image 0..N-1 has a row)."""
