@@ -2,6 +2,7 @@
 
     python benchmarks/vlm_pointing.py                      # 200 scenes, 300 questions, markdown
     python benchmarks/vlm_pointing.py --scenes 40 --questions 40 --json
+    python benchmarks/vlm_pointing.py --scenes 6 --questions 0 --sanity 6   # + cascading randomisation
 
 Captions: the model's own greedy caption of each generated test scene (the first ``--scenes``).
 Each ``a COLOUR SHAPE`` phrase of it names the scene object of that colour (the one of that colour
@@ -18,6 +19,10 @@ VQA: the first ``--questions`` easy-VQA test questions whose answer is a colour 
 model's greedy answer explained (:func:`mmcam.eval.answers.answer_grounding`: the peak on the
 shape, pixels far from the background grown by 3 px); attention: from the rows that predict the
 answer's tokens, mean over them, layers and heads.
+
+Sanity (``--sanity N``, off by default): cascading randomisation of the language model (``lm_head``
+first, then its modules from the top down) on the words of the first N captioned scenes; the
+Spearman correlation with the trained model's maps after the first and the last step.
 """
 
 from __future__ import annotations
@@ -103,7 +108,30 @@ def caption_table(folder: str, scenes: Sequence[Scene], layers: Sequence[str] | 
         start = time.process_time()
         results[layer] = caption_grounding(adapter, scenes, methods=tuple(METHODS))
         seconds[layer] = time.process_time() - start
-    return {"layers": chosen, "counts": counts, "results": results, "seconds": seconds}
+    return {"layers": chosen, "counts": counts, "results": results, "seconds": seconds, "scenes": scenes}
+
+
+def sanity_table(folder: str, scenes: Sequence[Scene], layers: Sequence[str]) -> dict:
+    """Cascading randomisation (Adebayo et al.) of the language model, per layer choice: the
+    Spearman correlation of every word's map with the trained model's after re-initialising
+    ``lm_head`` (step 1), then the language model's modules from the top down to its embeddings
+    (the last step), one module a step (:func:`mmcam.eval.sanity.cascading_randomization`)."""
+    import mmcam
+    from mmcam.eval.sanity import captioner_maps, cascading_randomization
+
+    def language_model(adapter) -> torch.nn.Module:
+        model = adapter.scorer.model
+        return torch.nn.ModuleDict({"language_model": model.model.language_model, "lm_head": model.lm_head})
+
+    results = {}
+    for layer in layers:
+        adapter = mmcam.load(folder, layer=layer)
+        steps = cascading_randomization(adapter, captioner_maps(scenes, tuple(METHODS)), model_of=language_model)
+        results[layer] = {
+            name: {"lm_head": values["randomized_spearman"][0], "whole_lm": values["randomized_spearman"][-1], "steps": len(values["layers"])}
+            for name, values in steps.items()
+        }
+    return results
 
 
 def vqa_table(folder: str, questions: int, layers: Sequence[str] | None) -> dict:
@@ -171,6 +199,14 @@ def markdown(captions: dict | None, vqa: dict | None) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         first = captions["results"][layers[0]]["center"]
         lines += ["", f"words: {first['n_words']} ({first['n_color']} colour, {first['n_shape']} shape); {json.dumps(captions['counts'])}"]
+    if captions is not None and captions.get("sanity"):
+        sanity, layers = captions["sanity"], list(captions["sanity"])
+        lines += ["", f"Sanity: Spearman with the trained maps after re-initialising lm_head / the whole language model "
+                  f"({captions['sanity_scenes']} scenes)", "",
+                  "| map | " + " | ".join(_short(layer) for layer in layers) + " |", "|---" * (len(layers) + 1) + "|"]
+        for name in sanity[layers[0]]:
+            cells = [f"{sanity[layer][name]['lm_head']:.2f} / {sanity[layer][name]['whole_lm']:.2f}" for layer in layers]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if vqa is not None:
         layers = vqa["layers"]
         lines += ["", "VQA answers (predicted): pointing", "",
@@ -193,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=300, help="first N colour/shape easy-VQA test questions (0: none)")
     parser.add_argument("--captions", choices=("generated", "truth"), default="generated")
     parser.add_argument("--layer", action="append", help="layer choices (default: tower block read, projector, LM layers)")
+    parser.add_argument("--sanity", type=int, default=0, help="cascading randomisation of the language model on N of the scenes")
     parser.add_argument("--json", action="store_true", help="print the full results as JSON after the tables")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -200,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
     start, cpu = time.perf_counter(), time.process_time()
     captions = caption_table(args.model, make_split("test", args.scenes), args.layer, args.captions) if args.scenes else None
+    if captions is not None and args.sanity:
+        captions["sanity"] = sanity_table(args.model, captions["scenes"][: args.sanity], captions["layers"])
+        captions["sanity_scenes"] = min(args.sanity, len(captions["scenes"]))
     vqa = vqa_table(args.model, args.questions, args.layer) if args.questions else None
     print(markdown(captions, vqa))
     print(
@@ -207,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     if args.json:
+        if captions is not None:
+            captions.pop("scenes")
         print(json.dumps({"captions": captions, "vqa": vqa}, indent=1, default=float))
     return 0
 
