@@ -43,30 +43,14 @@ class GemmaAnswerScorer(LlavaAnswerScorer):
 
     end_ids: tuple[int, ...] = ()
 
-    def generate_answers(self, images: Tensor, question_ids: Tensor, count: int) -> list[list[Candidate]]:
-        """Per item, its ``count`` best distinct answers (greedy, or beam search), each cut at
-        its first end token."""
-        beams = 1 if count == 1 else 2 * count
-        answers = []
-        with torch.no_grad(), eval_mode(self.model):
-            for n, prompt in enumerate(self._unpadded(question_ids)):
-                sequences = self.model.generate(
-                    input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=self.item_pixels(images, n),
-                    **self.text_inputs(prompt, [prompt.shape[1]]), num_beams=beams, num_return_sequences=beams,
-                    do_sample=False, min_new_tokens=1, max_new_tokens=self.max_new_tokens,
-                )
-                distinct: dict[str, Candidate] = {}
-                for sequence in sequences[:, prompt.shape[1] :].tolist():
-                    ends = [position for position, token in enumerate(sequence) if token in self.end_ids]
-                    ids = sequence[: ends[0]] if ends else sequence
-                    text = self.tokenizer.decode(ids, skip_special_tokens=True).strip() or "<empty>"
-                    distinct.setdefault(text.lower(), (text, tuple(ids)))
-                answers.append(list(distinct.values())[:count])
-        return answers
-
-    def item_pixels(self, images: Tensor, item: int) -> Tensor:
-        """The model's ``pixel_values`` of item ``item`` of preprocessed images."""
-        return images[item : item + 1]
+    def distinct_answers(self, sequences: list[list[int]], count: int) -> list[Candidate]:
+        """LLaVA's distinct answers, each generated sequence first cut at its first end token of
+        any kind (and closed with ``end_id``, where LLaVA cuts)."""
+        cut = []
+        for sequence in sequences:
+            ends = [position for position, token in enumerate(sequence) if token in self.end_ids]
+            cut.append([*sequence[: ends[0]], self.end_id] if ends else sequence)
+        return super().distinct_answers(cut, count)
 
     def image_features(self, images: Tensor) -> Tensor:
         return self.model.model.get_image_features(pixel_values=images).pooler_output

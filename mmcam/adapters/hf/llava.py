@@ -228,7 +228,9 @@ class ImageTokenRows:
         first row."""
         positions, owners = self._rows(attentions[0].shape[0])
         first = torch.tensor([owners.tolist().index(n) for n in range(int(owners.max()) + 1)])
-        mean = torch.stack(list(attentions)).mean(dim=(0, 2))[first.to(attentions[0].device), steps]  # (N, S, L)
+        device = attentions[0].device  # layers dispatched over devices give weights on each
+        mean = torch.stack([weights.to(device, torch.float32) for weights in attentions]).mean(dim=(0, 2))
+        mean = mean[first.to(device), steps]  # (N, S, L)
         picked = mean.gather(2, positions[first].to(mean.device)[:, None, :].expand(-1, mean.shape[1], -1))
         return picked.reshape(*picked.shape[:2], *self.grid)
 
@@ -325,7 +327,7 @@ class LlavaAnswerScorer(BlipAnswerScorer):
         with torch.no_grad(), eval_mode(self.model):
             for n, prompt in enumerate(self._unpadded(question_ids)):
                 sequences = self.model.generate(
-                    input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=images[n : n + 1],
+                    input_ids=prompt, attention_mask=torch.ones_like(prompt), pixel_values=self.item_pixels(images, n),
                     **self.text_inputs(prompt, [prompt.shape[1]]), num_beams=beams, num_return_sequences=beams, do_sample=False, min_new_tokens=1,
                     max_new_tokens=self.max_new_tokens,
                 )
@@ -390,6 +392,11 @@ class LlavaAnswerScorer(BlipAnswerScorer):
             table[n, : len(items)] = totals[column : column + len(items)]
             column += len(items)
         return table
+
+    def item_pixels(self, images: Tensor, item: int) -> Tensor:
+        """The model's ``pixel_values`` for item ``item`` of the images (a subclass whose images
+        are cut into views inside the forward cuts them here)."""
+        return images[item : item + 1]
 
     def image_features(self, images: Tensor) -> Tensor:
         """(N, image tokens, C): the projected image features the language model reads."""
