@@ -90,6 +90,8 @@ class CropCaptioner(GemmaCaptioner):
 
     def score(self, images: Tensor, ids: Tensor) -> CaptionScores:
         """Teacher-forced logits (N, L, V) of captions ``ids`` (N, L) after the prompt."""
+        if self.attention:
+            raise ValueError("the language model's attention maps are not offered with pan-and-scan crops")
         prefix = self.prompt_ids(images)
         text = torch.cat([torch.tensor(prefix, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1), ids], dim=1)
         self.views.rows([prefix] * ids.shape[0], range(ids.shape[0]), self.prompt.image_token_id)
