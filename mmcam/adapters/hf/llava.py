@@ -206,7 +206,7 @@ class ImageTokenRows:
     def __call__(self, activations: Tensor) -> Tensor:
         """Hidden states (R, L, C) -> (N, C, h, w): each image's first row at its placeholders."""
         positions, owners = self._rows(activations.shape[0])
-        first = torch.tensor([owners.tolist().index(n) for n in range(int(owners.max()) + 1)])
+        first = _first_rows(owners)
         tokens = activations[first[:, None].to(activations.device), positions[first].to(activations.device)]
         return Layout("tokens", self.grid)(tokens)
 
@@ -227,7 +227,7 @@ class ImageTokenRows:
         over layers and heads: per-layer weights (R, heads, L, L) -> (N, S, h, w), each image's
         first row."""
         positions, owners = self._rows(attentions[0].shape[0])
-        first = torch.tensor([owners.tolist().index(n) for n in range(int(owners.max()) + 1)])
+        first = _first_rows(owners)
         device = attentions[0].device  # layers dispatched over devices give weights on each
         mean = torch.stack([weights.to(device, torch.float32) for weights in attentions]).mean(dim=(0, 2))
         mean = mean[first.to(device), steps]  # (N, S, L)
@@ -237,6 +237,12 @@ class ImageTokenRows:
     def describe(self) -> str:
         """``"language-model tokens 8x8 at the image placeholders"``."""
         return f"language-model tokens {self.grid[0]}x{self.grid[1]} at the image placeholders"
+
+
+def _first_rows(owners: Tensor) -> Tensor:
+    """(N,): the index of each image's first row, for rows owned by images ``owners`` (R,)."""
+    listed = owners.tolist()
+    return torch.tensor([listed.index(n) for n in range(max(listed) + 1)])
 
 
 @contextlib.contextmanager
