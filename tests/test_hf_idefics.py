@@ -20,6 +20,7 @@ from reliability_support import assert_unchanged, full_state
 from test_hf_cli import CAPTION_KEYS, VQA_KEYS
 from vlm_fixtures import SHAPES, llava_image
 from vlm_idefics_fixtures import CLASSES, IMAGE_SEQ_LEN, PATCH, SCALE, TILE, saved_idefics
+from vlm_checks import check_words_at_once_equal_each_alone
 
 CAPTION = "a red circle and a blue square"
 QUESTION = "what color is the circle?"
@@ -130,19 +131,11 @@ def test_maps_are_the_tiles_stitched_over_the_whole_image(family, captioner, pro
 
 
 def test_every_word_at_once_equals_each_word_alone(captioner) -> None:
-    model = captioner.scorer.model
-    with torch.no_grad():  # transformers installs its hidden-state recording hooks on a first forward
-        captioner.scorer.score(_pixels(captioner, "wide"), torch.tensor([captioner.scorer.tokenize(CAPTION).ids]))
-    before = full_state(model)
-    together = captioner.explain(llava_image("wide"), CAPTION, guided=False, contrast=False)
-    assert together.labels == CAPTION.split() and np.abs(together.grid_maps).max() > 0
-    for index in range(len(together.labels)):
-        alone = captioner.explain(llava_image("wide"), CAPTION, words=[index], guided=False, contrast=False)
-        np.testing.assert_allclose(alone.grid_maps[0], together.grid_maps[index], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(alone.scores[0], together.scores[index], atol=1e-5)
+    check_words_at_once_equal_each_alone(captioner, llava_image("wide"), CAPTION)
+    before = full_state(captioner.scorer.model)
     guided = captioner.explain(llava_image("wide"), "a red circle")
     assert guided.guided_gradients.shape == (3, 3, 32, 48) and np.abs(guided.guided_gradients).max() > 0
-    assert_unchanged(before, full_state(model))
+    assert_unchanged(before, full_state(captioner.scorer.model))
 
 
 @pytest.mark.parametrize(("shape", "layer"), [("wide", "tower"), ("tall", "tower"), ("wide", "connector")])

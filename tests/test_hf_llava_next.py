@@ -17,9 +17,9 @@ from hf_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from mmcam.cli import main
 from mmcam.errors import InputError
 from test_hf_cli import CAPTION_KEYS, WORD_KEYS
-from test_hf_llava import _hooks, _state
 from vlm_fixtures import SHAPES, llava_image
 from vlm_llava_next_fixtures import TILE, saved_llava_next, sized_image
+from vlm_checks import check_words_at_once_equal_each_alone
 
 CAPTION = "a red circle and a blue square"
 QUESTION = "what color is the circle?"
@@ -183,19 +183,7 @@ def test_teacher_forced_scores_equal_generate(captioners, variant: str, shape: s
 
 
 def test_every_word_at_once_equals_each_word_alone(captioners, variant: str) -> None:
-    captioner = captioners[variant]
-    model = captioner.scorer.model
-    captioner.explain(llava_image("tall"), "a red circle", guided=False)  # transformers installs its recorders on a first pass
-    before, hooks = _state(model), _hooks(model)
-    together = captioner.explain(llava_image("tall"), CAPTION, guided=False, contrast=False)
-    assert together.labels == CAPTION.split() and np.abs(together.grid_maps).max() > 0
-    for index in range(len(together.labels)):
-        alone = captioner.explain(llava_image("tall"), CAPTION, words=[index], guided=False, contrast=False)
-        np.testing.assert_allclose(alone.grid_maps[0], together.grid_maps[index], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(alone.scores[0], together.scores[index], atol=1e-5)
-    after = _state(model)
-    assert all(torch.equal(before[name], after[name]) for name in before) and _hooks(model) == hooks
-    assert not model.training
+    check_words_at_once_equal_each_alone(captioners[variant], llava_image("tall"), CAPTION)
 
 
 # (variant, shape): (the image's view holding the kept token, its patch row and column), and the
