@@ -85,8 +85,15 @@ def build_llava(folder: Path, *, template: bool = True, strategy: str = "default
         vision_feature_select_strategy=strategy, vision_feature_layer=-2,
     )
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random tiny models favour special tokens: keep generated text in words
+    save_words_first(LlavaForConditionalGeneration(config).eval(), tokenizer, folder, processor)
+
+
+def save_words_first(model, tokenizer, folder: Path, processor) -> None:
+    """Save a random tiny model (with SPECIALS) and its processor, its generated text kept in
+    words: random tiny models favour special tokens, so the head is sharpened and the pad, bos
+    and image tokens never win."""
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIALS}
+    with torch.no_grad():
         head = model.lm_head.weight
         head.mul_(8.0)
         for token in ("<pad>", "<s>", "<image>"):

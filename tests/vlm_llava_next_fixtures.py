@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlm_fixtures import _ROOT, TEMPLATE, llava_tokenizer
+from vlm_fixtures import _ROOT, TEMPLATE, llava_tokenizer, save_words_first
 
 TILE, PATCH = 32, 8
 NEXT_PINPOINTS = [[32, 32], [32, 64], [64, 32]]
@@ -44,21 +44,6 @@ def _text_config(tokenizer):
         num_key_value_heads=2, max_position_embeddings=256, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
     )
-
-
-def _finish(model, tokenizer, folder: Path, processor) -> None:
-    """Words over special tokens in generated text (random tiny models favour them), then save."""
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in ("<pad>", "<s>", "</s>", "<image>")}
-    with torch.no_grad():
-        head = model.lm_head.weight
-        head.mul_(8.0)
-        for token in ("<pad>", "<s>", "<image>"):
-            head[ids[token]] = 0.0
-    model.generation_config.pad_token_id = ids["<pad>"]
-    model.generation_config.eos_token_id = ids["</s>"]
-    model.generation_config.bos_token_id = ids["<s>"]
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
 
 
 def build_llava_next(folder: Path, *, template: bool = True) -> None:
@@ -86,7 +71,7 @@ def build_llava_next(folder: Path, *, template: bool = True) -> None:
         projector_hidden_act="gelu",
     )
     torch.manual_seed(0)
-    _finish(LlavaNextForConditionalGeneration(config).eval(), tokenizer, folder, processor)
+    save_words_first(LlavaNextForConditionalGeneration(config).eval(), tokenizer, folder, processor)
 
 
 def build_llava_onevision(folder: Path) -> None:
@@ -115,7 +100,7 @@ def build_llava_onevision(folder: Path) -> None:
         vision_aspect_ratio="anyres_max_2", projector_hidden_act="gelu",
     )
     torch.manual_seed(0)
-    _finish(LlavaOnevisionForConditionalGeneration(config).eval(), tokenizer, folder, processor)
+    save_words_first(LlavaOnevisionForConditionalGeneration(config).eval(), tokenizer, folder, processor)
 
 
 @functools.cache
