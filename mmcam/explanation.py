@@ -92,6 +92,11 @@ class Explanation:
     def _set_guided(self, value: np.ndarray | None) -> None:
         self._guided = value
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and copied with Guided Backprop made first: a copy holds no model."""
+        self._get_guided()
+        return {**self.__dict__, "guided_later": None}
+
     def __len__(self) -> int:
         return len(self.labels)
 

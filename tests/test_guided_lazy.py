@@ -89,3 +89,17 @@ def test_a_bfloat16_model_gives_float32_maps_and_lazy_guided() -> None:
         (made[dtype],) = explanations("classify", "toy", cam, record, items, method="guided_gradcam", explained=1)
         assert made[dtype].grid_maps.dtype == np.float32 and made[dtype].guided_gradients.dtype == np.float32
     np.testing.assert_allclose(made[torch.bfloat16].heatmaps, made[torch.float32].heatmaps, atol=0.05)
+
+
+def test_a_lazy_explanation_pickles_and_copies_with_its_guided_backprop(captioner, scenes) -> None:
+    import copy
+    import pickle
+
+    lazy = captioner.explain(scenes[0].image, scenes[0].caption)
+    restored = pickle.loads(pickle.dumps(lazy))
+    copied = copy.deepcopy(captioner.explain(scenes[0].image, scenes[0].caption))
+    for other in (restored, copied):
+        assert other.guided_later is None
+        np.testing.assert_array_equal(other.guided_gradients, lazy.guided_gradients)
+        np.testing.assert_array_equal(other.heatmaps, lazy.heatmaps)
+        assert other.guided_backprop == lazy.guided_backprop
