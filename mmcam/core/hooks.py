@@ -89,12 +89,16 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             yield
             return
         flags = {module: module.training for module in model.modules()}
+        if not any(flags.values()):  # already in eval mode (the usual case): nothing to switch
+            yield
+            return
         model.eval()
         try:
             yield
         finally:
             for module, training in flags.items():
-                module.training = training
+                if module.training != training:
+                    module.training = training
 
 
 def _records_outputs(module: nn.Module) -> bool:
