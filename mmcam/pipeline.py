@@ -9,6 +9,7 @@ the layer's native grid; full-size maps are made on demand by the explanation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,7 @@ def explanations(
     counter = raw_maps(record, base, counterfactual=True, layer_name=cam.layer_name).numpy() if counterfactual else None
     guided = None if record.input_gradients is None else record.input_gradients.numpy()
     counts = [explained] * len(items) if isinstance(explained, int) else list(explained)
+    _warn_about_empty_maps(grid, record, items, counts, base, cam.layer_name)
     results = []
     for n, (item, count) in enumerate(zip(items, counts, strict=True)):
         contrasts = len(item.contrast_labels)
@@ -168,3 +170,25 @@ class _ItemGuided:
     def __call__(self) -> tuple[np.ndarray, dict[str, int]]:
         gradients, applied = self.source.compute()
         return gradients[self.item, : self.count].numpy(), applied
+
+
+def _warn_about_empty_maps(
+    grid: np.ndarray, record: GradientRecord, items: Sequence[ItemLabels], counts: Sequence[int], method: str, layer: str
+) -> None:
+    """Say so when a map is zero everywhere although its gradient at the layer is not (a
+    ReLU'd map whose weighted sum is <= 0 at every cell: no cell raises the score; the
+    counterfactual map shows what lowers it). Zero gradients are warned about by the core."""
+    empty = [
+        item.labels[t]
+        for n, (item, count) in enumerate(zip(items, counts, strict=True))
+        for t in range(count)
+        if not grid[n, t].any() and bool(record.gradients[n, t].any())
+    ]
+    if empty:
+        shown = ", ".join(repr(label) for label in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        warnings.warn(
+            f"the {method} map of {shown} at layer {layer!r} is zero everywhere: no cell raises the "
+            "score there (every cell's weighted evidence is <= 0); see the counterfactual map, another "
+            "method or another layer",
+            stacklevel=3,
+        )

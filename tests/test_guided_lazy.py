@@ -103,3 +103,21 @@ def test_a_lazy_explanation_pickles_and_copies_with_its_guided_backprop(captione
         np.testing.assert_array_equal(other.guided_gradients, lazy.guided_gradients)
         np.testing.assert_array_equal(other.heatmaps, lazy.heatmaps)
         assert other.guided_backprop == lazy.guided_backprop
+
+
+def test_a_map_that_is_zero_everywhere_with_a_nonzero_gradient_is_said_so() -> None:
+    from mmcam.io import load_image
+    from mmcam.pipeline import ItemLabels, ModelPass, explanations, run_pass
+    from mmcam.targets import ClassTarget
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    ).eval()
+    with torch.no_grad():
+        model[4].weight.copy_(torch.tensor([[-1.0, -1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]]))  # class 0: all evidence negative
+    items = [ItemLabels(load_image(np.zeros((8, 8, 3), np.uint8)), ["down", "up"], [0, 1])]
+    cam, record = run_pass(ModelPass(model, "1"), torch.rand(1, 3, 8, 8), [ClassTarget(0), ClassTarget(1)], method="gradcam", guided=False)
+    with pytest.warns(UserWarning, match=r"the gradcam map of 'down' at layer '1' is zero everywhere"):
+        (explanation,) = explanations("classify", "toy", cam, record, items, method="gradcam", explained=2)
+    assert not explanation.grid_maps[0].any() and explanation.grid_maps[1].any()
+    assert explanation.counterfactual_maps[0].any()  # what lowers the score is still shown
