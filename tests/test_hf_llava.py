@@ -80,11 +80,17 @@ def test_teacher_forced_scores_equal_generate(captioner, shape: str) -> None:
 
 
 def test_the_layer_is_the_one_the_language_model_reads(captioner, answerer) -> None:
-    # vision_feature_layer -2 of a 2-block tower: hidden_states[-2] is block 0's output
-    assert captioner.layer_name == answerer.scorer.layer == "model.vision_tower.encoder.layers.0"
+    from mmcam.adapters.hf.llava import tower_layer
+
+    # the default is the projector's output, chosen by measurement (LLaVA defaults in loading.py);
+    # the tower block the language model reads: vision_feature_layer -2 of a 2-block tower,
+    # hidden_states[-2] is block 0's output
+    assert captioner.layer_name == answerer.scorer.layer == "model.multi_modal_projector"
+    assert (captioner.default_method, answerer.default_method) == ("guided_hirescam", "hirescam")
     model = captioner.scorer.model
+    assert tower_layer(model) == "model.vision_tower.encoder.layers.0"
     seen = {}
-    handle = model.get_submodule(captioner.layer_name).register_forward_hook(lambda m, i, o: seen.update(out=o))
+    handle = model.get_submodule(tower_layer(model)).register_forward_hook(lambda m, i, o: seen.update(out=o))
     with torch.no_grad():
         features = model.model.get_image_features(pixel_values=_pixels(captioner, "square"), vision_feature_layer=-2, vision_feature_select_strategy="default")
     handle.remove()

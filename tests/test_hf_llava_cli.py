@@ -26,7 +26,7 @@ def test_caption_json_on_a_saved_llava_folder(capsys, tmp_path) -> None:
     assert code == 0
     record = _record(capsys)
     assert set(record) == CAPTION_KEYS
-    assert (record["model"], record["layer"], record["method"]) == (f"hf:{folder}", "model.vision_tower.encoder.layers.0", "gradcam")
+    assert (record["model"], record["layer"], record["method"]) == (f"hf:{folder}", "model.multi_modal_projector", "guided_hirescam")
     assert [word["word"] for word in record["words"]] == ["a", "red", "circle"]
     expected = mmcam.load(f"hf:{folder}").explain(image, "a red circle", guided=False, contrast=False)
     height, width = SHAPES["wide"]
@@ -42,7 +42,7 @@ def test_vqa_json_on_the_same_folder(capsys) -> None:
     assert main(argv) == 0
     record = _record(capsys)
     assert set(record) == VQA_KEYS
-    assert record["layer"] == "model.vision_tower.encoder.layers.0"
+    assert (record["layer"], record["method"]) == ("model.multi_modal_projector", "hirescam")
     assert [item["answer"] for item in record["explanations"]] == ["red", "blue square"]
     scores = [item["score"] for item in record["explanations"]]
     assert all(score < 0 for score in scores)  # log p(answer + end)

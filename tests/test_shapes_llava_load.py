@@ -24,12 +24,11 @@ def test_shipped_llava_captions_with_a_map_per_word_on_its_8x8_patch_grid(scene)
     assert adapter.kind == "caption" and "shapes-llava" in mmcam.available_models()
     assert explanation.info["caption"] == scene.caption
     assert explanation.grid_maps.shape == (len(scene.caption.split()), 8, 8)
-    assert explanation.layer == "model.vision_tower.encoder.layers.3"  # the block the language model reads
+    assert explanation.layer == "model.multi_modal_projector"  # the image tokens the language model reads
 
 
 def test_shipped_llava_answers_through_the_vqa_cli(capsys) -> None:
-    # Question 1 ("what is the color of the triangle?" -> red). For question 0 the current weights answer
-    # right too, but Grad-CAM at the default layer is empty (no positive cell), so no peak is reported.
+    # Question 1 ("what is the color of the triangle?" -> red)
     questions, answers, image_ids = easy_vqa.get_test_questions()
     path = easy_vqa.get_test_image_paths()[image_ids[1]]
     assert main(["vqa", path, questions[1], "--model", "shapes-llava", "--json"]) == 0
