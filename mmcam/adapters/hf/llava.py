@@ -8,10 +8,12 @@ one placeholder per image feature. The language model reads ``prompt + text``; r
 Where the map is taken (``--layer``), three choices, each on the (h, w) patch grid:
 
 - the vision tower block the language model reads, ``model.vision_tower.encoder.layers.K`` with
-  K from ``vision_feature_layer`` (the default; -2 in LLaVA-1.5: the last block gets no
-  gradient), its patch tokens with the CLS token dropped; any other tower block works alike;
+  K from ``vision_feature_layer`` (-2 in LLaVA-1.5: the last block gets no gradient), its patch
+  tokens with the CLS token dropped; any other tower block works alike;
 - the projector's output, ``model.multi_modal_projector``: the image tokens the language model
-  reads (the CLS token dropped when the ``"full"`` strategy keeps it);
+  reads (the CLS token dropped when the ``"full"`` strategy keeps it); the default, with
+  Guided HiResCAM for captions and HiResCAM for answers, chosen by measurement on shapes-llava
+  (``loading.LLAVA_CAPTION_METHOD``; docs/RESULTS.md, "shapes-llava pointing");
 - language-model layer K's hidden states at the image-token positions,
   ``model.language_model.layers.K``: each row's image placeholders, found in the ids the
   language model reads, laid on the grid (see :class:`ImageTokenRows`). A text position's state
