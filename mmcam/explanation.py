@@ -46,6 +46,8 @@ class Explanation:
     index, ``scores[t]`` its y^c. ``info`` holds what is specific to the task (predictions,
     caption, question word attributions, ...). ``guided_activations`` counts, per activation
     kind, the calls Guided Backprop's rule was applied to (empty without a guided pass).
+    ``guided_later``: when Guided Backprop is made on first use (``guided="lazy"``), what makes
+    ``guided_gradients`` and ``guided_activations`` the first time either is read.
 
     Full-size maps in [0, 1] at the original image size come from :meth:`heatmap` (one target)
     or the :attr:`heatmaps` stack (T, H, W); likewise :meth:`guided_image`, :meth:`counterfactual_heatmap`,

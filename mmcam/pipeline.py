@@ -22,6 +22,7 @@ from .core import GradCAM, GradientRecord
 from .core.gradcam import LAZY, Inputs, LazyGuided, Reshape, Target, map_tensors
 from .core.layers import LayerSpec
 from .core.maps import raw_maps, split_method
+from .errors import InputError
 from .explanation import Explanation
 from .io import LoadedImage
 
@@ -80,6 +81,26 @@ def same_shape_groups(tensors: Sequence[Tensor]) -> list[list[int]]:
     for index, tensor in enumerate(tensors):
         groups.setdefault(tuple(tensor.shape), []).append(index)
     return list(groups.values())
+
+
+def one_pass_pixels(pixels: Sequence[Tensor]) -> Tensor:
+    """Preprocessed images stacked for one pass (N, C, h, w); images of different sizes are an
+    :class:`~mmcam.errors.InputError` pointing to ``explain_batch``, which groups them."""
+    groups = same_shape_groups(pixels)
+    if len(groups) > 1:
+        sizes = ", ".join("x".join(map(str, pixels[group[0]].shape[-2:])) for group in groups)
+        raise InputError(f"the images preprocess to different sizes ({sizes}) and cannot share one pass; use explain_batch")
+    return torch.stack(list(pixels))
+
+
+def per_size(pixels: Sequence[Tensor], explain: Callable[[list[int], Tensor], list[Explanation]]) -> list[Explanation]:
+    """``explain(indices, stacked pixels)`` once per group of same-size images, the explanations
+    back in the images' order: one pass per processed size."""
+    results: list[Explanation | None] = [None] * len(pixels)
+    for group in same_shape_groups(pixels):
+        for n, explanation in zip(group, explain(group, torch.stack([pixels[n] for n in group])), strict=True):
+            results[n] = explanation
+    return results  # type: ignore[return-value]
 
 
 def run_pass(

@@ -23,7 +23,8 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..pipeline import (
-    DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
+    DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, one_pass_pixels,
+    per_size, run_pass,
 )
 from ..targets import CaptionScores, ItemWordContrastTarget, ItemWordTarget, SummedTarget
 from ._scorer_adapter import ScorerAdapter, checked_options
@@ -153,11 +154,7 @@ class CaptionAdapter(ScorerAdapter):
         padding after them, so each image's maps and scores equal its own pass's."""
         settings = CaptionOptions.of(options)
         loaded, pixels, given = self._inputs(images, captions)
-        groups = same_shape_groups(pixels)
-        if len(groups) > 1:
-            sizes = ", ".join("x".join(map(str, pixels[group[0]].shape[-2:])) for group in groups)
-            raise InputError(f"the images preprocess to different sizes ({sizes}) and cannot share one pass; use explain_batch")
-        return self._run(loaded, torch.stack(pixels), given, settings)
+        return self._run(loaded, one_pass_pixels(pixels), given, settings)
 
     def _inputs(
         self, images: Sequence[ImageLike], captions: Sequence[str | None] | None
@@ -233,14 +230,12 @@ class CaptionAdapter(ScorerAdapter):
         size); each explanation equals the image's own :meth:`explain` up to float rounding."""
         settings = CaptionOptions.of(options)
         loaded, pixels, given = self._inputs(images, captions)
-        results: list[Explanation | None] = [None] * len(loaded)
-        for group in same_shape_groups(pixels):
-            run = self._run(
-                [loaded[n] for n in group], torch.stack([pixels[n] for n in group]), [given[n] for n in group], settings
-            )
-            for n, explanation in zip(group, self._explanations(run, settings, counterfactual), strict=True):
-                results[n] = explanation
-        return results  # type: ignore[return-value]
+
+        def explain_group(group: list[int], stacked: Tensor) -> list[Explanation]:
+            run = self._run([loaded[n] for n in group], stacked, [given[n] for n in group], settings)
+            return self._explanations(run, settings, counterfactual)
+
+        return per_size(pixels, explain_group)
 
     def _explanations(self, run: CaptionBatchRun, settings: CaptionOptions, counterfactual: bool) -> list[Explanation]:
         output = run.record.output

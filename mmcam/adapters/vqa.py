@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from ..core import GradCAM, GradientRecord
@@ -23,7 +22,8 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..io import ImageLike, LoadedImage, load_image
 from ..pipeline import (
-    DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, run_pass, same_shape_groups,
+    DEFAULT_COUNTERFACTUAL, DEFAULT_GUIDED, ItemLabels, ModelPass, explanations, model_device, one_pass_pixels,
+    per_size, run_pass,
 )
 from ..targets import ChosenClassTarget, ContrastTarget
 from ._scorer_adapter import ScorerAdapter, checked_options
@@ -138,11 +138,7 @@ class VQAAdapter(ScorerAdapter):
         fields of :class:`VQAOptions`. The images must preprocess to one size."""
         settings = VQAOptions.of(options)
         loaded, pixels, given = self._inputs(images, questions, answers, settings)
-        groups = same_shape_groups(pixels)
-        if len(groups) > 1:
-            sizes = ", ".join("x".join(map(str, pixels[group[0]].shape[-2:])) for group in groups)
-            raise InputError(f"the images preprocess to different sizes ({sizes}) and cannot share one pass; use explain_batch")
-        return self._run(loaded, torch.stack(pixels), list(questions), given, settings)
+        return self._run(loaded, one_pass_pixels(pixels), list(questions), given, settings)
 
     def _inputs(
         self,
@@ -222,16 +218,13 @@ class VQAAdapter(ScorerAdapter):
         """
         settings = VQAOptions.of(options)
         loaded, pixels, given = self._inputs(images, questions, answers, settings)
-        results: list[Explanation | None] = [None] * len(loaded)
-        for group in same_shape_groups(pixels):
-            run = self._run(
-                [loaded[n] for n in group], torch.stack([pixels[n] for n in group]), [questions[n] for n in group],
-                [given[n] for n in group], settings,
-            )
+
+        def explain_group(group: list[int], stacked: Tensor) -> list[Explanation]:
             texts = [questions[n] for n in group]
-            for n, explanation in zip(group, self._explanations(run, texts, settings, counterfactual), strict=True):
-                results[n] = explanation
-        return results  # type: ignore[return-value]
+            run = self._run([loaded[n] for n in group], stacked, texts, [given[n] for n in group], settings)
+            return self._explanations(run, texts, settings, counterfactual)
+
+        return per_size(pixels, explain_group)
 
     def _explanations(
         self, run: VQARun, questions: Sequence[str], settings: VQAOptions, counterfactual: bool

@@ -192,6 +192,7 @@ class GradCAM:
         if guided not in (True, False, LAZY):
             raise ValueError(f"guided must be True, False or {LAZY!r}, not {guided!r}")
         later, guided = guided == LAZY, guided is True
+        columns = len(targets) if guided_targets is None else min(guided_targets, len(targets))  # guided ones
         with ExitStack() as stack:
             stack.enter_context(model_lock(self.model))
             prune = self.graph_from_layer and not guided
@@ -240,14 +241,12 @@ class GradCAM:
             guided_activations: dict[str, int] = {}
             if guided:
                 guided_activations = dict(switch.applied)
-                columns = len(targets) if guided_targets is None else min(guided_targets, len(targets))
                 input_gradients = self._guided_input_gradients(
                     switch, gates_at_capture, raw_activation, activation_gradients[:, :columns], scores[:, :columns], image, graph
                 )
         image_size = (int(image.shape[-2]), int(image.shape[-1]))
         guided_later = None
         if later:
-            columns = len(targets) if guided_targets is None else min(guided_targets, len(targets))
             guided_later = LazyGuided(self, inputs, targets[:columns], activation_gradients[:, :columns].detach())
         activations, gradients, layout = self._to_grid(
             raw_activation.detach(), activation_gradients, image_size, int(image.shape[0])
@@ -332,7 +331,6 @@ class GradCAM:
                 switch, gates_at_capture, captured.activation, layer_gradients.to(image.device), scores, image, graph
             )
             return gradients.detach(), dict(switch.applied)
-
 
     def _to_grid(
         self, activations: Tensor, gradients: Tensor, image_size: tuple[int, int], batch: int

@@ -94,7 +94,8 @@ def maps_at_original_size(
     counterfactual: bool = False,
 ) -> list[np.ndarray]:
     """Per image n, maps (T, H_n, W_n) float32 in [0, 1] at ``sizes[n]`` = (H_n, W_n), for any
-    method of :data:`ALL_METHODS` (``guided_`` ones need a record made with ``guided=True``)."""
+    method of :data:`ALL_METHODS` (``guided_`` ones need a record made with ``guided=True``
+    or ``"lazy"``)."""
     base, guided = split_method(method)
     raw = raw_maps(record, base, counterfactual=counterfactual)
     magnitude = guided_magnitude(record) if guided else None
