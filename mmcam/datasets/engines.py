@@ -102,7 +102,7 @@ def run_ray(
     ]
     if not records:
         return 0
-    dataset = ray.data.from_items(records).map_batches(
+    dataset = ray.data.from_items(records, override_num_blocks=_ray_blocks(len(records), batch_size, workers)).map_batches(
         RayWorker,
         fn_constructor_kwargs={"task": task, "output": output, "threads": threads_per_worker},
         batch_size=batch_size,
@@ -117,3 +117,14 @@ def run_ray(
             done += len(batch["item"])
             bar.update(len(batch["item"]))
     return done
+
+
+BATCHES_PER_BLOCK = 8  # Ray schedules, in the driver, one task per block: few enough to stay cheap
+BLOCKS_PER_WORKER = 4  # ... and enough per actor to balance the load
+
+
+def _ray_blocks(items: int, batch_size: int, workers: int) -> int:
+    """How many blocks Ray Data splits ``items`` records into: about BATCHES_PER_BLOCK
+    minibatches a block (its default makes blocks of a few items, and the driver's per-block
+    work then outweighs a fast model's), but at least BLOCKS_PER_WORKER per actor."""
+    return max(1, min(items, max(-(-items // (batch_size * BATCHES_PER_BLOCK)), BLOCKS_PER_WORKER * workers)))
