@@ -70,8 +70,11 @@ class ItemLabels:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters are (the CPU for a model without any): its inputs go there."""
-    return next((parameter.device for parameter in model.parameters()), torch.device("cpu"))
+    """Where ``model``'s first parameter is (the CPU for a model without any): its inputs go
+    there. Parameters offloaded by a ``device_map`` wait on the meta device and are skipped:
+    accelerate's hooks move each module's inputs where its weights are brought to run."""
+    devices = (parameter.device for parameter in model.parameters() if parameter.device.type != "meta")
+    return next(devices, torch.device("cpu"))
 
 
 def same_shape_groups(tensors: Sequence[Tensor]) -> list[list[int]]:

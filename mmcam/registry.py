@@ -39,6 +39,7 @@ def load(
     weights: str | os.PathLike | None = None,
     layer: str | None = None,
     task: str | None = None,
+    **loading: Any,
 ) -> Any:
     """A ready adapter: model, preprocessing, layer and target builders, with ``explain``.
 
@@ -46,10 +47,13 @@ def load(
     model name (random weights unless ``weights`` names a local state-dict file: nothing is
     downloaded), or ``hf:ID_OR_PATH`` for a transformers checkpoint. ``task`` (``"caption"`` or
     ``"vqa"``) picks the task of a vision-language model that does both (``shapes-llava``, an
-    ``hf:`` LLaVA folder); other models have one task and ignore it.
+    ``hf:`` LLaVA folder); other models have one task and ignore it. An ``hf:`` checkpoint also
+    takes ``dtype``, ``device_map`` and ``offload_folder`` (see :func:`mmcam.adapters.hf.load_hf`).
     """
     _register_builtin()
     name = str(name_or_path)
+    if loading and not name.startswith("hf:"):
+        raise InputError(f"{', '.join(sorted(loading))}: options of hf: checkpoints only, not of {name!r}")
     if name in _SHIPPED:
         loader = _SHIPPED[name]
         return loader(layer=layer, task=task) if name in _VISION_LANGUAGE else loader(layer=layer)
@@ -58,7 +62,7 @@ def load(
 
         if task and "?" not in name:
             name = f"{name}?task={task}"  # a VLM does both tasks; any other hf: model must do this one
-        return load_hf(name[3:], layer=layer)
+        return load_hf(name[3:], layer=layer, **loading)
     model = _timm_or_torchvision(name)
     if model is None:
         raise InputError(

@@ -55,5 +55,8 @@ class DatasetTask:
         adapter = load(self.model, weights=self.weights, layer=self.layer)
         if getattr(adapter, "kind", None) != self.kind:
             raise InputError(f"model {self.model!r} is a {adapter.kind} model; use 'mmcam {adapter.kind}'")
-        adapter.scorer.model.to(self.device)
+        if getattr(adapter.scorer.model, "hf_device_map", None) is None:
+            adapter.scorer.model.to(self.device)
+        elif self.device != "cpu":
+            raise InputError(f"model {self.model!r} is placed by its device_map; leave out --device {self.device}")
         return adapter

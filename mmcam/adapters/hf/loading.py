@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...core import resolve_layer
@@ -51,17 +53,36 @@ class Loaded:
     folder: Path | None = None
 
 
-def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQAAdapter:
+def load_hf(
+    id_or_path: str,
+    *,
+    layer: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+) -> CaptionAdapter | VQAAdapter:
     """The adapter for the transformers checkpoint ``id_or_path`` (a local folder or a model id
     already in the local Hugging Face cache), hooking ``layer`` or the family's default.
     ``FOLDER?task=caption|vqa`` picks the task of a model that does both (a VLM: captioning by
     default); for any other model it must name the model's own task. A VLM captioner also takes
-    ``instruction=TEXT`` (URL-encoded), the user turn's text before the caption."""
+    ``instruction=TEXT`` (URL-encoded), the user turn's text before the caption.
+
+    How the weights are loaded (keywords, or the same names in the query, e.g.
+    ``FOLDER?dtype=bfloat16&device_map=auto``): ``dtype`` float32, bfloat16, float16 or auto
+    (the checkpoint's); ``device_map`` as transformers takes it (``"auto"``, a device, or a dict
+    of module name -> device, ``"cpu"`` or ``"disk"``; needs the accelerate package) and
+    ``offload_folder`` for the modules it offloads to disk."""
     id_or_path, _, query = id_or_path.partition("?")
     options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
     task = options.pop("task", None)
+    weights = {name: options.pop(name) for name in LOADING_OPTIONS if name in options}
     if task not in (None, "caption", "vqa") or set(options) - {"instruction"}:
-        raise InputError(f"hf:{id_or_path}?{query}: the options are task=caption|vqa and, for a VLM captioner, instruction=TEXT")
+        raise InputError(
+            f"hf:{id_or_path}?{query}: the options are task=caption|vqa, {'=, '.join(LOADING_OPTIONS)}= "
+            "and, for a VLM captioner, instruction=TEXT"
+        )
+    given = {"dtype": dtype, "device_map": device_map, "offload_folder": offload_folder}
+    weights.update({name: value for name, value in given.items() if value is not None})
     folder = resolve_folder(id_or_path)
     import transformers
 
@@ -77,7 +98,7 @@ def load_hf(id_or_path: str, *, layer: str | None = None) -> CaptionAdapter | VQ
             f"explain; supported: {', '.join(FAMILIES)}"
         )
     with _quiet_loading():
-        model = _load_model(getattr(transformers, architecture), folder, config)
+        model = _load_model(getattr(transformers, architecture), folder, config, _pretrained_options(weights))
         tokenizer = _load_part(transformers.AutoTokenizer, folder, "tokenizer", TOKENIZER_FILES)
         image_processor = _load_part(transformers.AutoImageProcessor, folder, "image processor", IMAGE_PROCESSOR_FILES)
     vision = getattr(config, "vision_config", None) or getattr(config, "encoder", None) or config
@@ -129,13 +150,36 @@ def resolve_folder(id_or_path: str) -> Path:
     return snapshot
 
 
-def _load_model(model_class: type, folder: Path, config: Any) -> nn.Module:
+LOADING_OPTIONS = ("dtype", "device_map", "offload_folder")
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "auto": "auto",
+}
+
+
+def _pretrained_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``from_pretrained`` keywords for the loading options, checked: a dtype by name or
+    torch.dtype; a device map needs accelerate (transformers' own error names neither)."""
+    chosen = dict(options)
+    dtype = chosen.get("dtype")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        if str(dtype) not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        chosen["dtype"] = DTYPES[str(dtype)]
+    if chosen.get("device_map") is not None and importlib.util.find_spec("accelerate") is None:
+        raise InputError("device_map needs the accelerate package: pip install accelerate")
+    if chosen.get("offload_folder") is not None:
+        chosen["offload_folder"] = str(chosen["offload_folder"])
+    return chosen
+
+
+def _load_model(model_class: type, folder: Path, config: Any, options: dict[str, Any] | None = None) -> nn.Module:
     encoder = getattr(config, "encoder", None)
     convolutional = getattr(encoder, "model_type", None) in TOKEN_ENCODERS
     if convolutional and not hasattr(encoder, "hidden_size"):
         encoder.hidden_size = encoder.hidden_sizes[-1]  # what VisionEncoderDecoderModel reads
     try:
-        model = model_class.from_pretrained(folder, config=config, local_files_only=True)
+        model = model_class.from_pretrained(folder, config=config, local_files_only=True, **(options or {}))
     except (OSError, ValueError, RuntimeError) as error:
         raise InputError(f"cannot load the model in {folder}: {_first_line(error)}") from None
     if convolutional:
