@@ -70,9 +70,13 @@ class ItemLabels:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s first parameter is (the CPU for a model without any): its inputs go
-    there. Parameters offloaded by a ``device_map`` wait on the meta device and are skipped:
-    accelerate's hooks move each module's inputs where its weights are brought to run."""
+    """Where ``model`` runs, so its inputs go there: the execution device of the accelerate hook
+    a ``device_map`` put on it, else where its first parameter is (the CPU for a model without
+    any). Parameters offloaded by a ``device_map`` wait on the meta device and are skipped:
+    accelerate's hooks bring them, and move each module's inputs, where the module runs."""
+    execution = getattr(getattr(model, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
     devices = (parameter.device for parameter in model.parameters() if parameter.device.type != "meta")
     return next(devices, torch.device("cpu"))
 

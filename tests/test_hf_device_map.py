@@ -17,6 +17,7 @@ from hf_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from mmcam.cli import main
 from mmcam.errors import InputError
 from vlm_fixtures import llava_image, saved_llava
+from vlm_instructblip_fixtures import saved_instructblip
 from vlm_qwen_fixtures import saved_qwen
 
 pytest.importorskip("accelerate")
@@ -83,6 +84,18 @@ def test_a_qwen2_vl_with_its_language_model_on_disk_explains_as_the_plain_model(
     assert before[0] and before[1]
     _assert_same(dispatched.explain(image, CAPTION), expected)
     assert _dispatch_state(dispatched.scorer.model) == before
+
+
+@pytest.mark.parametrize("language", ["llama", "t5"])
+def test_instructblip_answers_with_its_language_model_on_disk(language, tmp_path) -> None:
+    # the answers are scored from embeddings made outside the language model's forward: they
+    # must go where its (offloaded) embedding runs, not to the meta device its weights wait on
+    folder, image = saved_instructblip(language), _image("tall")
+    question, answers = "what color is the circle?", ["red", "blue square"]
+    expected = mmcam.load(f"hf:{folder}?task=vqa").explain(image, question, answers=answers)
+    device_map = {"vision_model": "cpu", "qformer": "cpu", "language_projection": "cpu", "language_model": "disk", "query_tokens": "cpu"}
+    dispatched = mmcam.load(f"hf:{folder}?task=vqa", device_map=device_map, offload_folder=tmp_path)
+    _assert_same(dispatched.explain(image, question, answers=answers), expected)
 
 
 def test_dtype_by_keyword_or_query_loads_the_weights_in_it() -> None:

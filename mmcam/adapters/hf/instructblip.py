@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ...core.hooks import eval_mode
 from ...errors import InputError
+from ...pipeline import model_device
 from ..captioning import CaptionAdapter
 from ..vqa import QuestionTokens
 from .layout import PatchTokens
@@ -244,7 +245,7 @@ class InstructBlipAnswerScorer(BlipAnswerScorer):
         ``decoder_rows`` for an encoder-decoder) whose image placeholders hold ``queries``
         (R, Q, D); right-padded, the padding masked."""
         embedding = self.model.get_input_embeddings()
-        device = embedding.weight.device  # the language model may sit on another device than the queries
+        device = model_device(embedding)  # the language model may sit on another device than the queries
         ids = pad_ids(prompt_rows, self.end_id).to(device)
         embeds = embedding(ids)
         placeholders = ids == self.model.config.image_token_id
