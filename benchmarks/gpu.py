@@ -7,7 +7,9 @@ It reports, for the shipped captioner (captions given) and the shipped VQA model
   with native-grid maps) at batch 1, 8 and 32 on the GPU, after a warm-up, synchronised;
 - the largest difference between the CPU's and the GPU's native-grid maps for the same items,
   relative to the CPU map's maximum (goal: <= 1e-4), and between their scores;
-- peak GPU memory (torch.cuda.max_memory_allocated) per batch size.
+- peak GPU memory (torch.cuda.max_memory_allocated) per batch size;
+- the ``vlm`` section of ``benchmarks/run.py`` on the GPU: all words of a 10-word caption of
+  shapes-llava from one pass vs the peers' per-token loop (goal >= 5x; CPU-bound here).
 It exits with status 1 when a map disagrees beyond 1e-4. Never a CI dependency.
 """
 
@@ -89,6 +91,10 @@ def main() -> int:
             failed |= entry["cpu_gpu"]["max_map_difference_relative"] > AGREEMENT
             report[name] = entry
             print(f"{name}: {json.dumps(entry)}", file=sys.stderr)
+    from run import vlm
+
+    report["vlm"] = vlm(argparse.Namespace(device=str(device), repeats=7))
+    print(f"vlm: {json.dumps(report['vlm'])}", file=sys.stderr)
     report["agreement_ok"] = not failed
     print(json.dumps(report, indent=1) if args.json else report)
     return 1 if failed else 0
