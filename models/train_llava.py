@@ -3,19 +3,24 @@
 Builds everything offline: a byte-level BPE tokenizer learned from the scenes' captions, easy-VQA's
 train questions and answers and the chat prompt words (``<image>`` an added special token), a
 ``LlavaProcessor`` with a chat template, and a ``LlavaForConditionalGeneration`` (small CLIP ViT,
-standard projector, small Llama) from configs. Two stages:
+standard projector, small Llama) from configs. Three stages:
 
 1. the vision tower alone on dense targets from the scene masks and easy-VQA's segmented objects
    (``models/llava_vision_stage.py``): per-patch colour, shape and outline, and the objects left to
    right; training-only heads, not saved;
 2. the whole LLaVA on mixed batches of scene captions and easy-VQA questions, the loss on the answer
-   tokens only, plus the per-patch colour/shape loss on every image.
+   tokens only, plus the per-patch colour/shape loss on every image;
+3. fine-tuning that teaches the yes/no questions to compare the asked word with the image
+   (``models/llava_yes_no.py``): first (3a) captions + balanced yes/no questions in easy-VQA's not
+   negated templates only, then captions + easy-VQA's questions + balanced yes/no questions in all
+   its templates, both with training-only heads that read the asked word and whether it names the
+   object at the answer position.
 
-Keeps the stage-2 checkpoint with the best validation score, saves model + processor with
+Keeps the stage-2 and stage-3 checkpoints with the best validation score, saves model + processor with
 ``save_pretrained``, reloads the folder and reports caption exact match on the scenes test split and
 easy-VQA test accuracy through the processor. Seeded: the same command on the same machine and
-thread count gives the same weights. ``--save-stage1`` / ``--load-stage1`` split the two stages
-over two runs with the same arguments.
+thread count gives the same weights. ``--save-stage1`` / ``--load-stage1`` and ``--load-stage2``
+split the stages over runs with the same arguments.
 
 ``--evaluate FOLDER`` only evaluates a saved folder on the test splits.
 """
@@ -64,6 +69,14 @@ from models.llava_vision_stage import (
     easy_vqa_labels,
     scene_labels,
     train_vision,
+)
+from models.llava_yes_no import (
+    AnswerHeads,
+    QuestionTemplate,
+    answer_targets,
+    generated_questions,
+    question_templates,
+    template_of,
 )
 from models.train_captioner import learning_rate
 
@@ -422,50 +435,92 @@ def pretrain_vision(model: LlavaForConditionalGeneration, heads: VisionHeads, ca
                         eval_every=args.vision_eval_every, learning_rate=learning_rate)
 
 
-def train(model: LlavaForConditionalGeneration, heads: VisionHeads, make_batch: BatchMaker, caption_data: Examples,
-          vqa_data: Examples, val: tuple[Examples, Examples], args: argparse.Namespace) -> Scores:
-    """Stage 2: AdamW on answer-token cross-entropy over mixed batches (+ the per-patch loss on every
-    image); leaves the best-on-val weights in ``model``."""
+@dataclass(frozen=True)
+class Schedule:
+    """One training stage's optimizer settings: ``steps`` AdamW steps, cosine learning rate peaking at
+    ``lr`` (the vision tower at ``vision_lr_scale`` x ``lr``), ``seed`` for the example draws, and the
+    weight of the per-patch colour/shape loss (0: no vision heads) and of the answer heads' loss;
+    ``keep_best``: end with the best-on-val weights (else the last)."""
+
+    steps: int
+    lr: float
+    vision_lr_scale: float
+    seed: int
+    patch_loss_weight: float
+    answer_head_weight: float = 0.0
+    keep_best: bool = True
+
+
+def train(model: LlavaForConditionalGeneration, heads: VisionHeads | None, make_batch: BatchMaker,
+          sources: Sequence[tuple[Examples, int]], val: tuple[Examples, Examples], schedule: Schedule,
+          args: argparse.Namespace, extra_val: Sequence[tuple[str, Examples]] = (),
+          answer_heads: AnswerHeads | None = None) -> Scores:
+    """AdamW on answer-token cross-entropy over batches of ``count`` rows of each ``(examples, count)``
+    source (+ the per-patch loss on every image when ``schedule.patch_loss_weight`` > 0); leaves the
+    best-on-val weights in ``model`` (``schedule.keep_best``). ``extra_val``: (name, examples) only
+    printed at each validation. ``answer_heads``: training-only heads on the answer position."""
+    if schedule.patch_loss_weight > 0 and heads is None:
+        raise ValueError("a per-patch loss weight > 0 needs the vision heads")
     vision = list(model.model.vision_tower.parameters())
     vision_ids = {id(parameter) for parameter in vision}
     rest = [parameter for parameter in model.parameters() if id(parameter) not in vision_ids]
-    optimizer = torch.optim.AdamW([{"params": rest + list(heads.parameters()), "scale": 1.0},
-                                   {"params": vision, "scale": args.vision_lr_scale}],
-                                  lr=args.lr, weight_decay=args.weight_decay)
-    rng = np.random.default_rng(args.seed)
-    n_captions = round(args.batch_size * args.caption_fraction)
-    draws = [(caption_data, _Draws(len(caption_data), rng), n_captions),
-             (vqa_data, _Draws(len(vqa_data), rng), args.batch_size - n_captions)]
+    head_parameters = list(heads.parameters()) if heads is not None and schedule.patch_loss_weight > 0 else []
+    answer_parameters = list(answer_heads.parameters()) if answer_heads is not None else []
+    optimizer = torch.optim.AdamW([{"params": rest + head_parameters + answer_parameters, "scale": 1.0},
+                                   {"params": vision, "scale": schedule.vision_lr_scale}],
+                                  lr=schedule.lr, weight_decay=args.weight_decay)
+    rng = np.random.default_rng(schedule.seed)
+    draws = [(data, _Draws(len(data), rng), count) for data, count in sources if count > 0]
     best, best_state = Scores(-1.0, -1.0, 0, 0), copy.deepcopy(model.state_dict())
-    started, running_loss = time.perf_counter(), 0.0
+    started, running_loss, running_head = time.perf_counter(), 0.0, 0.0
     model.train()
-    for step in range(args.steps):
+    for step in range(schedule.steps):
         answer_loss, answer_tokens, patch_loss = torch.zeros(()), 0, torch.zeros(())
+        head_loss, head_rows = torch.zeros(()), 0
         for data, draw, count in draws:
             rows = draw(count).tolist()
             batch = make_batch(data, rows)
             with _captured_patch_tokens(model) as tokens:
-                answer_loss = answer_loss + _answer_loss(model, batch)
+                loss, states = _answer_loss(model, batch, hidden_states=answer_heads is not None)
+            answer_loss = answer_loss + loss
             answer_tokens += int((batch["labels"] != -100).sum())
-            labels = data.label_batch(data.image_rows[rows])
-            patch_loss = patch_loss + heads.patch_loss(tokens[0][:, 1:], labels["patches"]) / len(draws)
-        loss = answer_loss / answer_tokens + args.patch_loss_weight * patch_loss
+            if answer_heads is not None and states is not None:
+                positions = (batch["labels"] != -100).int().argmax(dim=1) - 1  # predicts the first answer token
+                words, matches = answer_targets([data.questions[r] for r in rows],
+                                                _objects(data, data.image_rows[rows]))
+                batch_rows = torch.arange(len(rows))
+                head_loss = head_loss + answer_heads.loss(states[args.word_layer][batch_rows, positions],
+                                                          states[args.match_layer][batch_rows, positions],
+                                                          words, matches)
+                head_rows += int((words != -100).sum())
+            if head_parameters:
+                labels = data.label_batch(data.image_rows[rows])
+                patch_loss = patch_loss + heads.patch_loss(tokens[0][:, 1:], labels["patches"]) / len(draws)
+        loss = answer_loss / answer_tokens + schedule.patch_loss_weight * patch_loss
+        if head_rows:
+            running_head += head_loss.item() / head_rows
+            loss = loss + schedule.answer_head_weight * head_loss / head_rows
         for group in optimizer.param_groups:
-            group["lr"] = group["scale"] * learning_rate(step, args.steps, args.lr, args.warmup_steps)
+            group["lr"] = group["scale"] * learning_rate(step, schedule.steps, schedule.lr, args.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
         optimizer.step()
         running_loss += loss.item()
         if (step + 1) % args.log_every == 0:
-            print(f"step {step + 1}/{args.steps}  loss {running_loss / args.log_every:.4f}  "
+            heads_part = f" (answer heads {running_head / args.log_every:.4f})" if answer_heads is not None else ""
+            print(f"step {step + 1}/{schedule.steps}  loss {running_loss / args.log_every:.4f}{heads_part}  "
                   f"{time.perf_counter() - started:.0f}s", flush=True)
-            running_loss = 0.0
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            running_loss, running_head = 0.0, 0.0
+        if (step + 1) % args.eval_every == 0 or step + 1 == schedule.steps:
             scores = evaluate(model, make_batch.processor, *val, make_batch=make_batch)
-            if scores.combined >= best.combined:
+            if scores.combined >= best.combined or not schedule.keep_best:
                 best, best_state = scores, copy.deepcopy(model.state_dict())
-            print(f"step {step + 1}  val {scores}  {time.perf_counter() - started:.0f}s", flush=True)
+            model.eval()
+            extra = "".join(f", {name} {100 * fast_accuracy(model, make_batch, examples):.2f}%"
+                            for name, examples in extra_val)
+            model.train()
+            print(f"step {step + 1}  val {scores}{extra}  {time.perf_counter() - started:.0f}s", flush=True)
     model.load_state_dict(best_state)
     model.eval()
     return best
@@ -486,12 +541,16 @@ def _captured_patch_tokens(model: LlavaForConditionalGeneration) -> Iterator[lis
         handle.remove()
 
 
-def _answer_loss(model: LlavaForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over the labelled (answer) positions of ``batch``."""
+def _answer_loss(model: LlavaForConditionalGeneration, batch: dict[str, torch.Tensor],
+                 hidden_states: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Summed next-token cross-entropy over the labelled (answer) positions of ``batch``, and the
+    language model's hidden states ``(B, L, C)`` per layer (embeddings first) when ``hidden_states``."""
     labels = batch["labels"]
-    logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+    output = model(**{key: value for key, value in batch.items() if key != "labels"},
+                   output_hidden_states=hidden_states)
+    loss = torch.nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
                                              ignore_index=-100, reduction="sum")
+    return loss, output.hidden_states if hidden_states else None
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -550,6 +609,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="stage 2: weight of the training-only per-patch colour/shape loss")
     parser.add_argument("--position-init", choices=("learned", "sincos"), default="sincos",
                         help="start of the ViT position embeddings: transformers' random init or 2-D sine-cosine")
+    parser.add_argument("--yes-no-steps", type=int, default=500,
+                        help="stage 3 steps (0: none): fine-tuning with balanced yes/no questions")
+    parser.add_argument("--yes-no-lr", type=float, default=5e-4, help="stage 3: peak learning rate")
+    parser.add_argument("--yes-no-fraction", type=float, default=0.375,
+                        help="stage 3: share of balanced yes/no questions in each batch")
+    parser.add_argument("--yes-no-caption-fraction", type=float, default=0.375,
+                        help="stage 3: share of captions in each batch (the rest: easy-VQA's own questions)")
+    parser.add_argument("--scene-question-fraction", type=float, default=0.0,
+                        help="stage 3: share of generated questions about the training scenes in each batch")
+    parser.add_argument("--find-share", type=float, default=0.5,
+                        help="stage 3: share of scene questions that name an object's shape or colour "
+                             "(\"what is the red shape?\"); the rest are balanced yes/no")
+    parser.add_argument("--plain-steps", type=int, default=250,
+                        help="stage 3a steps before stage 3: captions + balanced yes/no questions in the not "
+                             "negated templates only (the answer is then 'the word names the object')")
+    parser.add_argument("--plain-lr", type=float, default=1e-3, help="stage 3a: peak learning rate")
+    parser.add_argument("--plain-caption-fraction", type=float, default=0.125, help="stage 3a: share of captions")
+    parser.add_argument("--answer-head-weight", type=float, default=0.5,
+                        help="stage 3: weight of the training-only heads reading the asked word (at --word-layer) "
+                             "and whether it names an object (at --match-layer) at the answer position")
+    parser.add_argument("--word-layer", type=int, default=2,
+                        help="stage 3: hidden state (0 = embeddings) of the word head")
+    parser.add_argument("--match-layer", type=int, default=3, help="stage 3: hidden state of the match head")
+    parser.add_argument("--yes-no-per-image", type=int, default=8,
+                        help="stage 3: balanced yes/no questions generated per easy-VQA training image")
+    parser.add_argument("--load-stage2", type=Path, default=None, metavar="FOLDER",
+                        help="skip stages 1-2: start stage 3 from a saved folder (e.g. one written with "
+                             "--yes-no-steps 0)")
+    parser.add_argument("--test", action=argparse.BooleanOptionalAction, default=True,
+                        help="report the test splits on the saved folder at the end")
     parser.add_argument("--save-stage1", type=Path, default=None, help="also save model + heads after stage 1 here")
     parser.add_argument("--load-stage1", type=Path, default=None,
                         help="skip stage 1: start stage 2 from a --save-stage1 file (same arguments otherwise)")
@@ -571,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_ids = set(range(4000 - VQA_VAL_IMAGES))
     caption_data = scene_examples("train", args.n_train, *sizes, with_labels=True)
     vqa_data = easy_vqa_examples("train", *sizes, train_ids, with_labels=True)
-    vqa_val = easy_vqa_examples("train", *sizes, set(range(4000 - VQA_VAL_IMAGES, 4000)))
+    vqa_val = easy_vqa_examples("train", *sizes, set(range(4000 - VQA_VAL_IMAGES, 4000)), with_labels=True)
     drawn = np.random.default_rng(args.seed).permutation(len(vqa_val))[: args.n_vqa_val]
     vqa_val = vqa_val.subset(np.sort(drawn).tolist())
     val = (scene_examples("val", args.n_val, *sizes, with_labels=True), vqa_val)
@@ -587,6 +676,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"vocabulary {len(processor.tokenizer)} tokens; {sum(p.numel() for p in model.parameters())} parameters; "
           f"caption prompt {caption_prompt(processor)!r}; fast batches equal the processor's", flush=True)
     stage1_started = time.perf_counter()
+    if args.load_stage2 is not None:
+        model, _ = load_shapes_llava(args.load_stage2)
+        print(f"stages 1-2 loaded from {args.load_stage2}", flush=True)
+        stage3(model, make_batch, caption_data, vqa_data, val, args)
+        print(f"data {stage1_started - started:.0f}s, stage 3 {time.perf_counter() - stage1_started:.0f}s", flush=True)
+        _save_and_test(model, processor, args, started)
+        return
     if args.load_stage1 is not None:
         state = torch.load(args.load_stage1)
         model.load_state_dict(state["model"])
@@ -600,19 +696,99 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.balance_answers:
         vqa_data = answer_balanced(vqa_data)
         print(f"answer-balanced training questions: {len(vqa_data)}", flush=True)
-    best_val = train(model, heads, make_batch, caption_data, vqa_data, val, args)
+    n_captions = round(args.batch_size * args.caption_fraction)
+    best_val = train(model, heads, make_batch, [(caption_data, n_captions), (vqa_data, args.batch_size - n_captions)],
+                     val, Schedule(args.steps, args.lr, args.vision_lr_scale, args.seed, args.patch_loss_weight), args)
+    print(f"stage 2 best val: {best_val}", flush=True)
+    stage3_started = time.perf_counter()
+    stage3(model, make_batch, caption_data, vqa_data, val, args)
     finished = time.perf_counter()
-    print(f"best val: {best_val}", flush=True)
+    print(f"data {stage1_started - started:.0f}s, stage 1 {stage2_started - stage1_started:.0f}s, "
+          f"stage 2 {stage3_started - stage2_started:.0f}s, stage 3 {finished - stage3_started:.0f}s", flush=True)
+    _save_and_test(model, processor, args, started)
 
+
+def _save_and_test(model: LlavaForConditionalGeneration, processor: LlavaProcessor, args: argparse.Namespace,
+                   started: float) -> None:
+    """Save model + processor to ``args.out``, reload the folder and report the test splits through the processor."""
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
     shipped_model, shipped_processor = load_shapes_llava(args.out)
     size = sum(path.stat().st_size for path in args.out.iterdir())
-    print(f"saved {args.out} ({size} bytes)")
-    print(f"data {stage1_started - started:.0f}s, stage 1 {stage2_started - stage1_started:.0f}s, "
-          f"stage 2 {finished - stage2_started:.0f}s", flush=True)
-    print(f"test (saved folder reloaded): {evaluate(shipped_model, shipped_processor, *test_splits(args))}")
+    print(f"saved {args.out} ({size} bytes)", flush=True)
+    if args.test:
+        print(f"test (saved folder reloaded): {evaluate(shipped_model, shipped_processor, *test_splits(args))}")
     print(f"total wall time {time.perf_counter() - started:.0f}s")
+
+
+def stage3(model: LlavaForConditionalGeneration, make_batch: BatchMaker, caption_data: Examples, vqa_data: Examples,
+           val: tuple[Examples, Examples], args: argparse.Namespace) -> Scores:
+    """Stage 3: fine-tune on captions, easy-VQA's questions, balanced yes/no questions in easy-VQA's
+    templates about the same training images, and (``--scene-question-fraction``) questions in those
+    templates about the training scenes (``models/llava_yes_no.py``); no per-patch loss. Before it,
+    ``--plain-steps`` of stage 3a: captions + balanced yes/no questions in the not negated templates
+    only, whose answer is "the word names the object" itself (with balanced answers in all templates
+    from the start, the answer is the XOR of that and the negation, and was never learned: see
+    models/shapes_llava.md). ``--answer-head-weight``: the training-only ``AnswerHeads`` in both."""
+    if args.yes_no_steps == 0:
+        return evaluate(model, make_batch.processor, *val, make_batch=make_batch)
+    vqa_objects = _objects(vqa_data)
+    templates = question_templates(vqa_data.questions, vqa_data.answers,
+                                   *zip(*(vqa_objects[row][0] for row in vqa_data.image_rows), strict=True))
+    rng = np.random.default_rng(args.seed + 2)
+    yes_no = _generated_examples(vqa_data, templates, vqa_objects, args.yes_no_per_image, 0.0, rng)
+    held_out = _generated_examples(val[1], templates, _objects(val[1]), 2, 0.0, rng)
+    # Always drawn (also when unused), so the draws after them do not depend on --scene-question-fraction.
+    scenes = _generated_examples(caption_data, templates, _objects(caption_data), 1, args.find_share, rng)
+    print(f"stage 3: templates {len(templates)} ({sum(t.kind == 'yes/no' for t in templates)} yes/no, "
+          f"{sum(t.negated for t in templates)} negated); generated questions: {len(yes_no)} balanced yes/no "
+          f"about easy-VQA train images, {len(scenes)} about train scenes, {len(held_out)} held-out",
+          flush=True)
+    counts = [round(args.batch_size * share) for share in
+              (args.yes_no_caption_fraction, args.yes_no_fraction, args.scene_question_fraction)]
+    sources = [(caption_data, counts[0]), (vqa_data, args.batch_size - sum(counts)), (yes_no, counts[1]),
+               (scenes, counts[2])]
+    answer_heads = None
+    if args.answer_head_weight > 0:
+        torch.manual_seed(args.seed + 4)
+        answer_heads = AnswerHeads(model.config.text_config.hidden_size)
+    plain = [template for template in templates if template.kind == "yes/no" and not template.negated]
+    plain_yes_no = _generated_examples(vqa_data, plain, vqa_objects, args.yes_no_per_image, 0.0, rng)
+    not_negated = [row for row, question in enumerate(held_out.questions)
+                   if any(question == template.ask(template_of(question)[1] or "") for template in plain)]
+    extra_val = [("held-out balanced yes/no", held_out), ("of them not negated", held_out.subset(not_negated))]
+    if args.plain_steps > 0:
+        n_captions = round(args.batch_size * args.plain_caption_fraction)
+        print(f"stage 3a: {args.plain_steps} steps of {n_captions} captions + {args.batch_size - n_captions} "
+              f"balanced yes/no questions in the {len(plain)} not negated templates", flush=True)
+        train(model, None, make_batch, [(caption_data, n_captions), (plain_yes_no, args.batch_size - n_captions)],
+              val, Schedule(args.plain_steps, args.plain_lr, args.vision_lr_scale, args.seed + 5, 0.0,
+                            args.answer_head_weight, keep_best=False),
+              args, extra_val=extra_val, answer_heads=answer_heads)
+    schedule = Schedule(args.yes_no_steps, args.yes_no_lr, args.vision_lr_scale, args.seed + 3, 0.0,
+                        args.answer_head_weight)
+    best = train(model, None, make_batch, sources, val, schedule, args, extra_val=extra_val,
+                 answer_heads=answer_heads)
+    print(f"stage 3 best val: {best}", flush=True)
+    return best
+
+
+def _objects(examples: Examples, image_indices: Sequence[int] | None = None) -> list[list[tuple[str, str]]]:
+    """``[(colour, shape), ...]`` of each image of ``examples`` (or of ``image_indices``), left to right
+    (from the vision labels)."""
+    assert examples.labels is not None
+    colors = list(COLORS)
+    slots = examples.labels.slots if image_indices is None else examples.labels.slots[np.asarray(image_indices)]
+    return [[(colors[color], SHAPES[shape]) for color, shape in zip(*image_slots, strict=True) if color >= 0]
+            for image_slots in slots]
+
+
+def _generated_examples(examples: Examples, templates: Sequence[QuestionTemplate],
+                        objects: Sequence[Sequence[tuple[str, str]]], per_image: int, find_share: float,
+                        rng: np.random.Generator) -> Examples:
+    """``generated_questions`` about every image of ``examples`` (same image arrays)."""
+    rows, questions, answers = generated_questions(templates, objects, per_image, find_share, rng)
+    return Examples(examples.images, examples.pixels, rows, questions, answers, examples.labels)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """The shipped ``shapes-llava`` checkpoint: a plain transformers folder that loads offline, keeps an 8x8
-patch grid, captions held-out scenes exactly and answers held-out easy-VQA questions."""
+patch grid, captions held-out scenes exactly, answers held-out easy-VQA questions and answers yes/no
+questions by comparing the asked word with the image (not by easy-VQA's answer priors)."""
 
 from __future__ import annotations
 
 import easy_vqa
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from mmcam.data.scenes import make_split
+from mmcam.data.scenes import COLORS, SHAPES, make_split
 from mmcam.models.easy_vqa_data import load_split_questions
 from mmcam.models.shapes_llava import (
     DEFAULT_FOLDER,
@@ -18,11 +20,12 @@ from mmcam.models.shapes_llava import (
     load_shapes_llava,
     vqa_prompt,
 )
+from models.llava_vision_stage import easy_vqa_object
 
-# Of the first 20 test-split scenes, the shipped weights caption exactly these 18; scene 5 gets an extra
+# Of the first 20 test-split scenes, the shipped weights caption exactly these 18; scene 9 gets an extra
 # object and scene 15 two objects swapped (models/shapes_llava.md).
-CAPTIONED_SCENES = (0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19)
-N_QUESTIONS = 12  # the first easy-VQA test questions; the shipped weights answer each correctly
+CAPTIONED_SCENES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19)
+N_QUESTIONS = 40  # the first easy-VQA test questions (30 yes/no); the shipped weights answer each correctly
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,23 @@ def test_answers_held_out_easy_vqa_questions(shipped) -> None:
     images = [Image.open(paths[image_id]).convert("RGB") for image_id in image_ids]
     predicted = generate_answers(model, processor, images, [vqa_prompt(processor, q) for q in questions])
     assert predicted == list(answers)
+
+
+def test_yes_no_answers_compare_the_asked_word_with_the_image(shipped) -> None:
+    # Held-out easy-VQA train images (3800-3999, never trained on), each asked whether its own colour /
+    # shape and another one is there, plainly and negated: easy-VQA's priors ("no" to a plain colour
+    # question) would get half of these wrong.
+    model, processor = shipped
+    paths = easy_vqa.get_train_image_paths()
+    images, questions, expected = [], [], []
+    for image_id in range(3800, 3806):
+        image = Image.open(paths[image_id]).convert("RGB")
+        _, color, shape = easy_vqa_object(np.asarray(image))
+        other_color = next(c for c in COLORS if c != color)
+        other_shape = next(s for s in reversed(SHAPES) if s != shape)
+        for question, answer in ((f"is there a {color} shape?", "yes"), (f"is there a {other_color} shape?", "no"),
+                                 (f"is there not a {shape}?", "no"), (f"is there not a {other_shape}?", "yes")):
+            images.append(image)
+            questions.append(vqa_prompt(processor, question))
+            expected.append(answer)
+    assert generate_answers(model, processor, images, questions) == expected
