@@ -485,7 +485,7 @@ def train(model: LlavaForConditionalGeneration, heads: VisionHeads | None, make_
             answer_loss = answer_loss + loss
             answer_tokens += int((batch["labels"] != -100).sum())
             if answer_heads is not None and states is not None:
-                positions = (batch["labels"] != -100).int().argmax(dim=1) - 1  # predicts the first answer token
+                positions = answer_positions(batch["labels"])
                 words, matches = answer_targets([data.questions[r] for r in rows],
                                                 _objects(data, data.image_rows[rows]))
                 batch_rows = torch.arange(len(rows))
@@ -539,6 +539,12 @@ def _captured_patch_tokens(model: LlavaForConditionalGeneration) -> Iterator[lis
         yield captured
     finally:
         handle.remove()
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: per row of ``labels`` ``(B, L)`` (-100 outside the answer), the position whose
+    next-token prediction is the answer's first token (the prompt's last token)."""
+    return (labels != -100).int().argmax(dim=1) - 1
 
 
 def _answer_loss(model: LlavaForConditionalGeneration, batch: dict[str, torch.Tensor],

@@ -117,3 +117,20 @@ def test_answer_heads_loss_is_summed_cross_entropy_over_the_rows_with_a_word() -
     expected = sum(-torch.log_softmax(heads.word(word_states[r]), -1)[words[r]]
                    - torch.log_softmax(heads.match(match_states[r]), -1)[matches[r]] for r in (0, 2))
     torch.testing.assert_close(heads.loss(word_states, match_states, words, matches), expected)
+
+
+def test_answer_positions_are_the_last_prompt_tokens_of_training_batches() -> None:
+    # Two questions of different token lengths (right padding), through the training BatchMaker.
+    from models.train_llava import BatchMaker, Examples, answer_positions, build_processor, build_tokenizer
+
+    processor = build_processor(build_tokenizer(), 128, 16)
+    images = np.zeros((1, 128, 128, 3), dtype=np.uint8)
+    questions = ["is there a red shape?", "does the image not contain a circle?"]
+    examples = Examples(images, images, np.array([0, 0]), questions, ["yes", "no"])
+    batch = BatchMaker(processor, 64)(examples, [0, 1])
+    positions = answer_positions(batch["labels"])
+    tokenizer = processor.tokenizer
+    for row, answer in enumerate(["yes", "no"]):
+        assert tokenizer.decode(batch["input_ids"][row, positions[row]]) == ":"  # "... ASSISTANT:"
+        assert tokenizer.decode(batch["input_ids"][row, positions[row] + 1]).strip() == answer
+    assert positions[1] > positions[0]
