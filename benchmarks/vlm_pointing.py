@@ -47,11 +47,13 @@ from mmcam.data.scenes import Scene, word_kind  # noqa: E402
 TOWER, PROJECTOR, LANGUAGE = "model.vision_tower.encoder.layers", "model.multi_modal_projector", "model.language_model.layers"
 
 
-def layer_choices(model: torch.nn.Module, default: str) -> list[str]:
-    """The default (the tower block the language model reads), the projector, and every
-    language-model layer but the last (whose image states reach no scored token)."""
+def layer_choices(model: torch.nn.Module) -> list[str]:
+    """The layer choices of a LLaVA: the tower block the language model reads, the projector, and
+    every language-model layer but the last (whose image states reach no scored token)."""
+    from mmcam.adapters.hf.llava import tower_layer
+
     count = len(model.get_submodule(LANGUAGE))
-    return [default, PROJECTOR, *(f"{LANGUAGE}.{k}" for k in range(count - 1))]
+    return [tower_layer(model), PROJECTOR, *(f"{LANGUAGE}.{k}" for k in range(count - 1))]
 
 
 def referents(scene: Scene, words: Sequence[str]) -> tuple[int | None, ...]:
@@ -97,7 +99,7 @@ def caption_table(folder: str, scenes: Sequence[Scene], layers: Sequence[str] | 
     from mmcam.eval.grounding import caption_grounding
 
     default = mmcam.load(folder)
-    chosen = list(layers or layer_choices(default.scorer.model, default.layer_name))
+    chosen = list(layers or layer_choices(default.scorer.model))
     counts: dict[str, float] = {"scenes": len(scenes)}
     if captions == "generated":
         scenes, counts = generated_scenes(default, scenes)
@@ -143,7 +145,7 @@ def vqa_table(folder: str, questions: int, layers: Sequence[str] | None) -> dict
 
     items = easy_vqa_items([], questions, color_or_shape_only=True)
     default = mmcam.load(folder, task="vqa")
-    chosen = list(layers or layer_choices(default.scorer.model, default.scorer.layer))
+    chosen = list(layers or layer_choices(default.scorer.model))
     results, seconds = {}, {}
     for layer in chosen:
         adapter = mmcam.load(folder, layer=layer, task="vqa")

@@ -366,8 +366,10 @@ def _llava_answers(loaded: Loaded, layer: str) -> GenerativeVQAAdapter:
 
 # LLaVA's defaults, chosen by measurement on shapes-llava (docs/RESULTS.md, "shapes-llava
 # pointing"): the projector's output (the image tokens the language model reads) points best for
-# HiResCAM and its Guided variant; Guided HiResCAM for caption words (83.5% of words, Grad-CAM at
-# the tower block 38.1%), HiResCAM for answers (96.3%); both pass the randomisation check.
+# HiResCAM and its Guided variant, the best maps that pass the randomisation check; Guided
+# HiResCAM for caption words (77.4% of words on the stage-3 weights, 83.5% before; Grad-CAM at
+# the tower block 37.4%), HiResCAM for answers (93.7%, 96.3% before). LayerCAM points better
+# (80.3% / 97.3%) but keeps 0.55-0.64 of its map after the output layer is re-initialised.
 LLAVA_CAPTION_METHOD, LLAVA_VQA_METHOD = "guided_hirescam", "hirescam"
 
 
