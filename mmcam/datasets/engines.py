@@ -120,7 +120,7 @@ def run_ray(
 
 
 BATCHES_PER_BLOCK = 8  # Ray schedules, in the driver, one task per block: few enough to stay cheap
-BLOCKS_PER_WORKER = 4  # ... and enough per actor to balance the load
+BLOCKS_PER_WORKER = 16  # ... and enough per actor to balance the load of slow items
 
 
 def _ray_blocks(items: int, batch_size: int, workers: int) -> int:
