@@ -142,6 +142,19 @@ def test_ray_gives_the_same_rows(local_run, items, tmp_path, monkeypatch) -> Non
     _same_rows(_rows(tmp_path / "out"), _rows(local_run))
 
 
+@pytest.mark.parametrize(
+    ("items", "batch_size", "workers", "blocks"),
+    [(8192, 16, 2, 64), (1024, 16, 2, 32), (40, 16, 2, 32), (3, 16, 2, 3), (0, 16, 1, 1), (100_000, 16, 4, 782)],
+)
+def test_ray_blocks_hold_several_minibatches_and_balance_the_actors(items, batch_size, workers, blocks) -> None:
+    from mmcam.datasets.engines import BATCHES_PER_BLOCK, BLOCKS_PER_WORKER, _ray_blocks
+
+    assert (BATCHES_PER_BLOCK, BLOCKS_PER_WORKER) == (8, 16)  # the values measured in docs/RESULTS.md
+    # about 8 minibatches a block (8192 / 64 = 128 items), at least 16 blocks per actor, never
+    # more blocks than items (nor fewer than one)
+    assert _ray_blocks(items, batch_size, workers) == blocks
+
+
 def test_vqa_parquet_rows(tmp_path) -> None:
     scenes = make_split("test", 3)
     lines = []
