@@ -62,11 +62,12 @@ def write_items(folder: Path, count: int, images: int = 64) -> dict[str, Path]:
     return files
 
 
-CLOCK = time.perf_counter  # --clock cpu: the process's CPU seconds (batch section only)
+CLOCK = time.perf_counter  # the batch section's clock; --clock cpu: the process's CPU seconds
 
 
-def median(function, repeats: int, clock=None) -> float:
-    clock = clock or time.perf_counter
+def median(function, repeats: int, clock=time.perf_counter) -> float:
+    """Median seconds of ``repeats`` runs after a warm-up; engine runs keep the wall clock (their
+    work is in other processes)."""
     function()  # warm-up
     times = []
     for _ in range(repeats):

@@ -39,7 +39,9 @@ def load(
     weights: str | os.PathLike | None = None,
     layer: str | None = None,
     task: str | None = None,
-    **loading: Any,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Any:
     """A ready adapter: model, preprocessing, layer and target builders, with ``explain``.
 
@@ -52,8 +54,10 @@ def load(
     """
     _register_builtin()
     name = str(name_or_path)
-    if loading and not name.startswith("hf:"):
-        raise InputError(f"{', '.join(sorted(loading))}: options of hf: checkpoints only, not of {name!r}")
+    loading = {"dtype": dtype, "device_map": device_map, "offload_folder": offload_folder}
+    given = sorted(option for option, value in loading.items() if value is not None)
+    if given and not name.startswith("hf:"):
+        raise InputError(f"{', '.join(given)}: options of hf: checkpoints only, not of {name!r}")
     if name in _SHIPPED:
         loader = _SHIPPED[name]
         return loader(layer=layer, task=task) if name in _VISION_LANGUAGE else loader(layer=layer)
